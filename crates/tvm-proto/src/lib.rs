@@ -1,0 +1,31 @@
+//! The TVM agent protocol: one byte stream between the host and `tvm-agent`.
+//!
+//! The same protocol runs over a virtio-serial port (QEMU) or a vsock connection
+//! (Firecracker). Each frame is a 4-byte big-endian length followed by a JSON
+//! [`Envelope`] that carries the protocol version. Framing is
+//! `tokio_util::codec::LengthDelimitedCodec`; the async host uses it through
+//! `tokio_util::codec::Framed`, the synchronous agent through [`BlockingChannel`].
+//!
+//! A conversation is: guest sends [`GuestMsg::Ready`]; host sends one
+//! [`HostMsg::Run`]; guest streams [`GuestMsg::Output`] frames and ends with one
+//! [`GuestMsg::Exit`] (or [`GuestMsg::Failed`] if the job could not be started).
+
+mod codec;
+mod messages;
+mod paths;
+
+pub use codec::{decode_payload, BlockingChannel, CodecError, FrameCodec, MAX_FRAME_BYTES};
+pub use messages::{
+    Envelope, ExitReport, GuestMsg, HostMsg, Job, JobFile, JobLimits, Outcome, Stream,
+    PROTOCOL_VERSION,
+};
+pub use paths::{check_relative_path, PathError};
+
+/// Name of the virtio-serial port the agent opens under QEMU.
+pub const VIRTIO_PORT_NAME: &str = "tvm.agent";
+/// vsock port the agent listens on under Firecracker.
+pub const VSOCK_PORT: u32 = 1024;
+/// Where the job's files and code live inside the guest.
+pub const WORK_DIR: &str = "/work";
+/// The unprivileged uid/gid the job runs as inside the guest.
+pub const JOB_UID: u32 = 1000;
