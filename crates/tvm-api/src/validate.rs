@@ -1,0 +1,459 @@
+//! Request validation: a pure function from an [`ExecuteRequest`] to an
+//! [`ExecuteCommand`] the core can run, or a [`ValidationError`] that names the
+//! first problem. Nothing here touches a VM, a file or the network.
+
+use std::collections::{BTreeMap, HashSet};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tvm_proto::{check_relative_path, JobFile};
+
+use crate::languages::{Language, LanguageTable};
+use crate::types::{ExecuteRequest, FileEncoding};
+
+/// A request that passed validation: everything resolved, every limit in range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteCommand {
+    pub language: Language,
+    pub code: Vec<u8>,
+    pub stdin: Vec<u8>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub files: Vec<JobFile>,
+    pub limits: Limits,
+}
+
+/// Resolved limits of one execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub vcpus: u32,
+    pub max_output_bytes: u64,
+    pub max_processes: u32,
+}
+
+/// One limit's default and accepted range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// Defaults and maxima; part of pyrovm's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitBounds {
+    pub timeout_ms: Bound,
+    pub memory_mb: Bound,
+    pub vcpus: Bound,
+    pub max_output_bytes: Bound,
+    pub max_processes: Bound,
+    pub max_code_bytes: usize,
+    pub max_stdin_bytes: usize,
+    pub max_files: usize,
+    pub max_file_bytes_total: usize,
+    pub max_args: usize,
+    pub max_env: usize,
+    pub max_arg_bytes: usize,
+}
+
+impl Default for LimitBounds {
+    fn default() -> Self {
+        Self {
+            timeout_ms: Bound {
+                default: 10_000,
+                min: 100,
+                max: 60_000,
+            },
+            memory_mb: Bound {
+                default: 256,
+                min: 32,
+                max: 2048,
+            },
+            vcpus: Bound {
+                default: 1,
+                min: 1,
+                max: 4,
+            },
+            max_output_bytes: Bound {
+                default: 1 << 20,
+                min: 1,
+                max: 16 << 20,
+            },
+            max_processes: Bound {
+                default: 64,
+                min: 1,
+                max: 1024,
+            },
+            max_code_bytes: 1 << 20,
+            max_stdin_bytes: 1 << 20,
+            max_files: 64,
+            max_file_bytes_total: 8 << 20,
+            max_args: 64,
+            max_env: 64,
+            max_arg_bytes: 4096,
+        }
+    }
+}
+
+/// Why a request was refused; each maps to HTTP 400 with [`ValidationError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("request body is not valid JSON for this endpoint: {0}")]
+    InvalidJson(String),
+    #[error("unknown language {0:?}; GET /v1/languages lists the available ones")]
+    UnknownLanguage(String),
+    #[error("limits.{name} must be between {min} and {max}, got {got}")]
+    LimitOutOfRange {
+        name: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+    #[error("{what} is larger than {max} bytes")]
+    TooLarge { what: String, max: usize },
+    #[error("too many {what}: at most {max}")]
+    TooMany { what: &'static str, max: usize },
+    #[error("files[{index}].content is not valid base64")]
+    InvalidBase64 { index: usize },
+    #[error("files[{index}].path {path:?}: {reason}")]
+    InvalidPath {
+        index: usize,
+        path: String,
+        reason: String,
+    },
+    #[error("environment variable name {0:?} is not valid (letters, digits, '_', not starting with a digit)")]
+    InvalidEnvName(String),
+    #[error("{0} must not contain NUL bytes")]
+    NulByte(String),
+}
+
+impl ValidationError {
+    /// Stable machine-readable code for the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::UnknownLanguage(_) => "unknown_language",
+            Self::LimitOutOfRange { .. } => "limit_out_of_range",
+            Self::TooLarge { .. } | Self::TooMany { .. } => "input_too_large",
+            Self::InvalidBase64 { .. } => "invalid_base64",
+            Self::InvalidPath { .. } => "invalid_path",
+            Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
+        }
+    }
+}
+
+/// Parses a JSON body; unknown fields and wrong types are refused.
+pub fn parse_execute(body: &[u8]) -> Result<ExecuteRequest, ValidationError> {
+    serde_json::from_slice(body).map_err(|e| ValidationError::InvalidJson(e.to_string()))
+}
+
+fn bounded(name: &'static str, value: Option<u64>, b: Bound) -> Result<u64, ValidationError> {
+    let v = value.unwrap_or(b.default);
+    if v < b.min || v > b.max {
+        return Err(ValidationError::LimitOutOfRange {
+            name,
+            min: b.min,
+            max: b.max,
+            got: v,
+        });
+    }
+    Ok(v)
+}
+
+fn env_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+/// Checks a request against the language table and the bounds.
+pub fn validate(
+    req: ExecuteRequest,
+    table: &LanguageTable,
+    bounds: &LimitBounds,
+) -> Result<ExecuteCommand, ValidationError> {
+    let language = table
+        .get(&req.language)
+        .ok_or_else(|| ValidationError::UnknownLanguage(req.language.clone()))?
+        .clone();
+    let l = req.limits;
+    let limits = Limits {
+        timeout_ms: bounded("timeout_ms", l.timeout_ms, bounds.timeout_ms)?,
+        memory_mb: bounded("memory_mb", l.memory_mb, bounds.memory_mb)?,
+        vcpus: bounded("vcpus", l.vcpus.map(u64::from), bounds.vcpus)? as u32,
+        max_output_bytes: bounded(
+            "max_output_bytes",
+            l.max_output_bytes,
+            bounds.max_output_bytes,
+        )?,
+        max_processes: bounded(
+            "max_processes",
+            l.max_processes.map(u64::from),
+            bounds.max_processes,
+        )? as u32,
+    };
+    if req.code.len() > bounds.max_code_bytes {
+        return Err(ValidationError::TooLarge {
+            what: "code".into(),
+            max: bounds.max_code_bytes,
+        });
+    }
+    let stdin = req.stdin.unwrap_or_default().into_bytes();
+    if stdin.len() > bounds.max_stdin_bytes {
+        return Err(ValidationError::TooLarge {
+            what: "stdin".into(),
+            max: bounds.max_stdin_bytes,
+        });
+    }
+    if req.args.len() > bounds.max_args {
+        return Err(ValidationError::TooMany {
+            what: "args",
+            max: bounds.max_args,
+        });
+    }
+    for (i, a) in req.args.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(ValidationError::NulByte(format!("args[{i}]")));
+        }
+        if a.len() > bounds.max_arg_bytes {
+            return Err(ValidationError::TooLarge {
+                what: format!("args[{i}]"),
+                max: bounds.max_arg_bytes,
+            });
+        }
+    }
+    if req.env.len() > bounds.max_env {
+        return Err(ValidationError::TooMany {
+            what: "env entries",
+            max: bounds.max_env,
+        });
+    }
+    for (k, v) in &req.env {
+        if !env_name_ok(k) {
+            return Err(ValidationError::InvalidEnvName(k.clone()));
+        }
+        if v.contains('\0') {
+            return Err(ValidationError::NulByte(format!("env.{k}")));
+        }
+        if v.len() > bounds.max_arg_bytes {
+            return Err(ValidationError::TooLarge {
+                what: format!("env.{k}"),
+                max: bounds.max_arg_bytes,
+            });
+        }
+    }
+    if req.files.len() > bounds.max_files {
+        return Err(ValidationError::TooMany {
+            what: "files",
+            max: bounds.max_files,
+        });
+    }
+    let mut seen = HashSet::from([language.file_name.clone()]);
+    let mut files = Vec::with_capacity(req.files.len());
+    let mut total = 0usize;
+    for (index, f) in req.files.into_iter().enumerate() {
+        check_relative_path(&f.path).map_err(|e| ValidationError::InvalidPath {
+            index,
+            path: f.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if !seen.insert(f.path.clone()) {
+            return Err(ValidationError::InvalidPath {
+                index,
+                path: f.path,
+                reason: "is given twice or is the code file's name".into(),
+            });
+        }
+        let content = match f.encoding {
+            FileEncoding::Utf8 => f.content.into_bytes(),
+            FileEncoding::Base64 => STANDARD
+                .decode(f.content.as_bytes())
+                .map_err(|_| ValidationError::InvalidBase64 { index })?,
+        };
+        total += content.len();
+        if total > bounds.max_file_bytes_total {
+            return Err(ValidationError::TooLarge {
+                what: "files (in total)".into(),
+                max: bounds.max_file_bytes_total,
+            });
+        }
+        files.push(JobFile {
+            path: f.path,
+            content,
+        });
+    }
+    Ok(ExecuteCommand {
+        language,
+        code: req.code.into_bytes(),
+        stdin,
+        args: req.args,
+        env: req.env,
+        files,
+        limits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{InputFile, RequestLimits};
+
+    fn req(language: &str, code: &str) -> ExecuteRequest {
+        ExecuteRequest {
+            language: language.into(),
+            code: code.into(),
+            ..Default::default()
+        }
+    }
+
+    fn check(r: ExecuteRequest) -> Result<ExecuteCommand, ValidationError> {
+        validate(r, LanguageTable::builtin(), &LimitBounds::default())
+    }
+
+    #[test]
+    fn minimal_request_takes_defaults() {
+        let cmd = check(req("python", "print(1)")).unwrap();
+        let d = LimitBounds::default();
+        assert_eq!(cmd.language.name, "python");
+        assert_eq!(cmd.limits.timeout_ms, d.timeout_ms.default);
+        assert_eq!(cmd.limits.memory_mb, d.memory_mb.default);
+        assert_eq!(cmd.limits.vcpus, 1);
+        assert!(cmd.stdin.is_empty());
+    }
+
+    #[test]
+    fn aliases_resolve() {
+        assert_eq!(check(req("js", "")).unwrap().language.name, "javascript");
+    }
+
+    #[test]
+    fn unknown_language() {
+        let e = check(req("cobol", "")).unwrap_err();
+        assert_eq!(e.code(), "unknown_language");
+    }
+
+    #[test]
+    fn limits_out_of_range() {
+        for limits in [
+            RequestLimits {
+                timeout_ms: Some(60_001),
+                ..Default::default()
+            },
+            RequestLimits {
+                timeout_ms: Some(0),
+                ..Default::default()
+            },
+            RequestLimits {
+                memory_mb: Some(1),
+                ..Default::default()
+            },
+            RequestLimits {
+                vcpus: Some(0),
+                ..Default::default()
+            },
+            RequestLimits {
+                max_processes: Some(100_000),
+                ..Default::default()
+            },
+            RequestLimits {
+                max_output_bytes: Some(u64::MAX),
+                ..Default::default()
+            },
+        ] {
+            let e = check(ExecuteRequest {
+                limits,
+                ..req("python", "")
+            })
+            .unwrap_err();
+            assert_eq!(e.code(), "limit_out_of_range", "{limits:?}");
+        }
+    }
+
+    #[test]
+    fn files_are_decoded_and_checked() {
+        let mut r = req("bash", "cat data/in.txt");
+        r.files = vec![
+            InputFile {
+                path: "data/in.txt".into(),
+                content: "aGk=".into(),
+                encoding: FileEncoding::Base64,
+            },
+            InputFile {
+                path: "b.txt".into(),
+                content: "plain".into(),
+                encoding: FileEncoding::Utf8,
+            },
+        ];
+        let cmd = check(r).unwrap();
+        assert_eq!(cmd.files[0].content, b"hi");
+        assert_eq!(cmd.files[1].content, b"plain");
+    }
+
+    #[test]
+    fn bad_base64_and_bad_paths() {
+        let file = |path: &str, content: &str, encoding| InputFile {
+            path: path.into(),
+            content: content.into(),
+            encoding,
+        };
+        let mut r = req("bash", "");
+        r.files = vec![file("a", "!!!", FileEncoding::Base64)];
+        assert_eq!(check(r.clone()).unwrap_err().code(), "invalid_base64");
+        for p in ["../x", "/etc/passwd", "a/../../b", "", "main.sh"] {
+            r.files = vec![file(p, "x", FileEncoding::Utf8)];
+            assert_eq!(check(r.clone()).unwrap_err().code(), "invalid_path", "{p}");
+        }
+        r.files = vec![
+            file("a", "1", FileEncoding::Utf8),
+            file("a", "2", FileEncoding::Utf8),
+        ];
+        assert_eq!(check(r).unwrap_err().code(), "invalid_path");
+    }
+
+    #[test]
+    fn env_and_args() {
+        let mut r = req("bash", "");
+        r.env = BTreeMap::from([("1BAD".to_string(), "x".to_string())]);
+        assert_eq!(check(r.clone()).unwrap_err().code(), "invalid_argument");
+        r.env = BTreeMap::from([("GOOD_1".to_string(), "a\0b".to_string())]);
+        assert_eq!(check(r.clone()).unwrap_err().code(), "invalid_argument");
+        r.env = BTreeMap::from([("GOOD_1".to_string(), "v".to_string())]);
+        r.args = vec!["ok".into()];
+        assert!(check(r.clone()).is_ok());
+        r.args = vec!["a\0".into()];
+        assert_eq!(check(r).unwrap_err().code(), "invalid_argument");
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let big = "x".repeat(LimitBounds::default().max_code_bytes + 1);
+        assert_eq!(
+            check(req("python", &big)).unwrap_err().code(),
+            "input_too_large"
+        );
+        let mut r = req("python", "");
+        r.args = vec![String::new(); 65];
+        assert_eq!(check(r).unwrap_err().code(), "input_too_large");
+    }
+
+    #[test]
+    fn parse_rejects_unknown_fields_and_malformed_json() {
+        assert!(parse_execute(br#"{"language":"python","code":"1"}"#).is_ok());
+        for body in [
+            &br#"{"language":"python","code":"1","colour":"red"}"#[..],
+            br#"{"language":"python","code":"1","limits":{"cpu":1}}"#,
+            br#"{"language":"python""#,
+            br#"{"code":"1"}"#,
+            br#"[]"#,
+            b"",
+        ] {
+            assert_eq!(parse_execute(body).unwrap_err().code(), "invalid_json");
+        }
+    }
+}
