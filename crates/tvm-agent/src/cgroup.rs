@@ -1,0 +1,68 @@
+//! The job's cgroup (v2, inside the guest): memory, pids, and kill-all.
+
+use std::fs;
+use std::path::PathBuf;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug)]
+pub(crate) struct JobCgroup {
+    dir: PathBuf,
+}
+
+impl JobCgroup {
+    pub(crate) fn create(memory_bytes: u64, max_processes: u32) -> std::io::Result<Self> {
+        fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory +pids")?;
+        let dir = PathBuf::from(ROOT).join("job");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("memory.max"), memory_bytes.to_string())?;
+        // No swap exists, but be explicit; and kill the whole job on OOM.
+        let _ = fs::write(dir.join("memory.swap.max"), "0");
+        fs::write(dir.join("memory.oom.group"), "1")?;
+        fs::write(dir.join("pids.max"), max_processes.to_string())?;
+        Ok(Self { dir })
+    }
+
+    /// Path of `cgroup.procs`, opened before fork so the child can join with one write.
+    pub(crate) fn procs_path(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// SIGKILLs every process in the job (cgroup.kill, Linux ≥ 5.14).
+    pub(crate) fn kill_all(&self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+    }
+
+    /// Whether the kernel's OOM killer acted inside the job.
+    pub(crate) fn oom_killed(&self) -> bool {
+        let events = fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
+        parse_oom_kills(&events) > 0
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|s| s.trim().is_empty())
+            .unwrap_or(true)
+    }
+}
+
+/// Reads the `oom_kill` counter from a memory.events file.
+pub(crate) fn parse_oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == "oom_kill")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_memory_events() {
+        let s = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 2\noom_group_kill 1\n";
+        assert_eq!(super::parse_oom_kills(s), 2);
+        assert_eq!(super::parse_oom_kills("oom 0\n"), 0);
+        assert_eq!(super::parse_oom_kills(""), 0);
+    }
+}
