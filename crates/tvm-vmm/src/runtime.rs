@@ -1,0 +1,245 @@
+//! Runtime directories: one per service instance, one per VM inside it.
+//!
+//! ```text
+//! <root>/<instance-id>/owner        "<pid> <starttime>" of the service instance
+//! <root>/<instance-id>/vms/<vm-id>/ vmm.pid, console.log, vmm.log, agent.sock
+//! ```
+//! Everything is 0700. On start, [`Runtime::create`] reaps instances whose owner is
+//! gone: it kills their VMM processes (checked by command line, so a reused pid is
+//! never killed) and removes their directories. Dropping the `Runtime` removes its
+//! own directory.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{io_err, VmmError};
+
+/// File in a VM dir holding the VMM's pid.
+pub const VMM_PID_FILE: &str = "vmm.pid";
+
+#[derive(Debug)]
+pub struct Runtime {
+    dir: PathBuf,
+}
+
+/// What a start-up reap removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReapReport {
+    pub instances: usize,
+    pub processes: usize,
+}
+
+impl Runtime {
+    /// `$TVM_RUNTIME_DIR`, else `/run/tvm` for root, else `$XDG_RUNTIME_DIR/tvm`,
+    /// else `/tmp/tvm-<uid>`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("TVM_RUNTIME_DIR") {
+            return PathBuf::from(d);
+        }
+        let uid = nix::unistd::geteuid();
+        if uid.is_root() {
+            return PathBuf::from("/run/tvm");
+        }
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+            return PathBuf::from(d).join("tvm");
+        }
+        PathBuf::from(format!("/tmp/tvm-{uid}"))
+    }
+
+    /// Reaps what crashed instances left under `root`, then makes this instance's dir.
+    pub fn create(root: &Path) -> Result<(Self, ReapReport), VmmError> {
+        mkdir_private(root)?;
+        let report = reap_stale(root);
+        let dir = root.join(ulid::Ulid::new().to_string().to_lowercase());
+        mkdir_private(&dir)?;
+        mkdir_private(&dir.join("vms"))?;
+        let me = std::process::id();
+        let start = process_start_time(me).unwrap_or_default();
+        fs::write(dir.join("owner"), format!("{me} {start}\n"))
+            .map_err(io_err(format!("write {}", dir.join("owner").display())))?;
+        Ok((Self { dir }, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes a fresh, private directory for one VM.
+    pub fn vm_dir(&self, vm_id: &str) -> Result<PathBuf, VmmError> {
+        let d = self.dir.join("vms").join(vm_id);
+        mkdir_private(&d)?;
+        Ok(d)
+    }
+
+    /// Directories of VMs that currently exist (for tests and leak checks).
+    pub fn vm_dirs(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.dir.join("vms"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for vm in self.vm_dirs() {
+            kill_vmm_of(&vm);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mkdir_private(p: &Path) -> Result<(), VmmError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(io_err(format!("create {}", p.display())))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", p.display())))
+}
+
+/// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the instance recorded in an `owner` file is still running.
+fn owner_alive(owner: &str) -> bool {
+    let mut it = owner.split_whitespace();
+    let (Some(pid), Some(start)) = (
+        it.next().and_then(|p| p.parse::<u32>().ok()),
+        it.next().and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return false;
+    };
+    process_start_time(pid) == Some(start)
+}
+
+/// Kills the VMM recorded in a VM dir if its command line names that dir.
+fn kill_vmm_of(vm_dir: &Path) -> bool {
+    let Some(pid) = fs::read_to_string(vm_dir.join(VMM_PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = vm_dir.as_os_str().as_encoded_bytes();
+    if needle.is_empty() || !cmdline.windows(needle.len()).any(|w| w == needle) {
+        return false;
+    }
+    kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+}
+
+/// Reaps every instance under `root` whose owner process is gone.
+pub fn reap_stale(root: &Path) -> ReapReport {
+    let mut report = ReapReport::default();
+    let Ok(entries) = fs::read_dir(root) else {
+        return report;
+    };
+    for inst in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        let owner = fs::read_to_string(inst.join("owner")).unwrap_or_default();
+        if owner_alive(&owner) {
+            continue;
+        }
+        if let Ok(vms) = fs::read_dir(inst.join("vms")) {
+            for vm in vms.flatten() {
+                if kill_vmm_of(&vm.path()) {
+                    report.processes += 1;
+                }
+            }
+        }
+        if fs::remove_dir_all(&inst).is_ok() {
+            report.instances += 1;
+            tracing::warn!(dir = %inst.display(), "reaped a crashed instance's runtime dir");
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_dir_is_private_and_removed_on_drop() {
+        let root = tempfile::tempdir().unwrap();
+        let (rt, report) = Runtime::create(root.path()).unwrap();
+        assert_eq!(report, ReapReport::default());
+        let mode = fs::metadata(rt.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let vm = rt.vm_dir("vm1").unwrap();
+        assert_eq!(
+            fs::metadata(&vm).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let dir = rt.dir().to_path_buf();
+        drop(rt);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn live_owner_is_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let (rt, _) = Runtime::create(root.path()).unwrap();
+        assert_eq!(reap_stale(root.path()), ReapReport::default());
+        assert!(rt.dir().exists());
+    }
+
+    #[test]
+    fn dead_owner_is_reaped_with_its_vmm() {
+        let root = tempfile::tempdir().unwrap();
+        let inst = root.path().join("deadbeef");
+        let vm = inst.join("vms").join("vm1");
+        fs::create_dir_all(&vm).unwrap();
+        // An owner that cannot be alive: pid 1's start time is never this.
+        fs::write(inst.join("owner"), "1 999999999999\n").unwrap();
+        // A stand-in "VMM" whose command line names the VM dir, as QEMU's does.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 30; : {}", vm.display()))
+            .spawn()
+            .unwrap();
+        fs::write(vm.join(VMM_PID_FILE), child.id().to_string()).unwrap();
+        // Wait until the shell's cmdline is visible.
+        for _ in 0..100 {
+            if fs::read(format!("/proc/{}/cmdline", child.id())).is_ok_and(|c| !c.is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let report = reap_stale(root.path());
+        assert_eq!(
+            report,
+            ReapReport {
+                instances: 1,
+                processes: 1
+            }
+        );
+        assert!(!inst.exists());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "stand-in VMM was killed");
+    }
+
+    #[test]
+    fn unrelated_pid_is_not_killed() {
+        let root = tempfile::tempdir().unwrap();
+        let vm = root.path().join("x").join("vms").join("vm1");
+        fs::create_dir_all(&vm).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        fs::write(vm.join(VMM_PID_FILE), child.id().to_string()).unwrap();
+        assert!(!kill_vmm_of(&vm));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
