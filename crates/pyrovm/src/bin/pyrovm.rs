@@ -1,0 +1,120 @@
+//! `pyrovm`: flags → config → service. Exit codes: 0 ok, 1 runtime failure, 2 usage/config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pyrovm::{BackendChoice, Config, Service};
+
+/// TVM node service: runs each execution request in a fresh microVM.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "TVM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML config file (see docs/ARCHITECTURE.md, "Configuration").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Which VMM to use.
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// Directory with vmlinux, initramfs.cpio and rootfs.erofs.
+    #[arg(long, env = "TVM_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pyrovm: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pyrovm: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pyrovm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
+    if let Some(d) = &args.image_dir {
+        config.image_dir = Some(d.clone());
+    }
+    config.check()?;
+    Ok(config)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let service = Service::new(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        backend = service.backend_name(),
+        "pyrovm serving"
+    );
+    service.serve(listener, shutdown_signal()).await?;
+    tracing::info!("pyrovm stopped; runtime dir removed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,157 @@
+//! pyrovm's configuration: a TOML file (`--config`), overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tvm_api::LimitBounds;
+
+/// Which VMM to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Firecracker when usable, else QEMU (KVM where usable, TCG otherwise).
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backend: BackendChoice,
+    /// Directory holding vmlinux, initramfs.cpio and rootfs.erofs; default: the
+    /// image `tvm image build` made last (`<cache>/current`).
+    pub image_dir: Option<PathBuf>,
+    /// Parent of this instance's runtime dir; default `/run/tvm` (root) or per-user.
+    pub runtime_dir: Option<PathBuf>,
+    /// Executions running at once; more get 429.
+    pub max_concurrency: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Per-attempt deadline for a guest to boot and say ready.
+    pub boot_timeout_ms: u64,
+    /// Guest RAM on top of the job's memory limit (kernel, agent, page cache).
+    pub guest_overhead_mb: u64,
+    /// Size of the guest's tmpfs work dir (and /tmp); counts against the job's memory.
+    pub workdir_mb: u64,
+    /// Time on top of the job timeout before the host gives up on the agent.
+    pub host_deadline_slack_ms: u64,
+    pub limits: LimitBounds,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backend: BackendChoice::Auto,
+            image_dir: None,
+            runtime_dir: None,
+            max_concurrency: (cores * 2).max(2),
+            max_body_bytes: 16 << 20,
+            boot_timeout_ms: 15_000,
+            guest_overhead_mb: 96,
+            workdir_mb: 64,
+            host_deadline_slack_ms: 10_000,
+            limits: LimitBounds::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks a TOML schema cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrency must be at least 1".into(),
+            ));
+        }
+        for (name, b) in [
+            ("timeout_ms", self.limits.timeout_ms),
+            ("memory_mb", self.limits.memory_mb),
+            ("vcpus", self.limits.vcpus),
+            ("max_output_bytes", self.limits.max_output_bytes),
+            ("max_processes", self.limits.max_processes),
+        ] {
+            if !(b.min <= b.default && b.default <= b.max) {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name}: need min <= default <= max"
+                )));
+            }
+        }
+        if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "memory and work dir sizes are too small".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().check().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "max_concurrency = 3\n[limits.timeout_ms]\ndefault = 1000\nmin = 100\nmax = 2000\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.max_concurrency, 3);
+        assert_eq!(c.limits.timeout_ms.max, 2000);
+        std::fs::write(&p, "max_concurency = 3\n").unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+        std::fs::write(
+            &p,
+            "[limits.timeout_ms]\ndefault = 1\nmin = 100\nmax = 2000\n",
+        )
+        .unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,341 @@
+//! The execution core: admission, one fresh VM per command, the agent
+//! conversation, and teardown. It never sees HTTP: handlers give it a validated
+//! [`ExecuteCommand`] and get an [`ExecuteResponse`] or a [`CoreError`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use rand::RngCore;
+use tokio::sync::Semaphore;
+use tvm_api::{ExecuteCommand, ExecuteResponse, ExecutionStatus, Timings};
+use tvm_proto::{ExitReport, GuestMsg, HostMsg, Job, JobLimits, Outcome, Stream, WORK_DIR};
+use tvm_vmm::{Vm, VmSpec, Vmm};
+
+use crate::metrics::Metrics;
+
+/// Why the core did not run a command (a 4xx/5xx, never a 200).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("all {0} execution slots are busy; retry shortly")]
+    AtCapacity(usize),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CoreSettings {
+    pub max_concurrency: usize,
+    pub guest_overhead_mb: u64,
+    pub workdir_mb: u64,
+    pub host_deadline_slack: Duration,
+}
+
+#[derive(Debug)]
+pub struct Executor {
+    vmm: Arc<dyn Vmm>,
+    slots: Arc<Semaphore>,
+    settings: CoreSettings,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Executor {
+    pub fn new(vmm: Arc<dyn Vmm>, settings: CoreSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            vmm,
+            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.vmm.name()
+    }
+
+    /// Stops admitting; in-flight executions finish.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+
+    /// Runs one command in a VM that exists for it alone.
+    pub async fn execute(&self, cmd: ExecuteCommand) -> Result<ExecuteResponse, CoreError> {
+        let received = Instant::now();
+        let _permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.metrics.rejected("capacity");
+                return Err(CoreError::AtCapacity(self.settings.max_concurrency));
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(CoreError::ShuttingDown),
+        };
+        let _inflight = self.metrics.inflight_guard();
+        let id = ulid::Ulid::new().to_string();
+        let queued_ms = received.elapsed().as_millis() as u64;
+        let spec = VmSpec {
+            vcpus: cmd.limits.vcpus,
+            memory_mb: cmd.limits.memory_mb + self.settings.guest_overhead_mb,
+        };
+        let boot_started = Instant::now();
+        self.metrics.vm_boots.inc();
+        let vm = match self.vmm.start(&spec).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                tracing::error!(%id, error = %error_chain(&e), "VM failed to start");
+                let resp =
+                    self.sandbox_error(id, "the microVM failed to start", received, queued_ms, 0);
+                self.metrics.finished(&resp);
+                return Ok(resp);
+            }
+        };
+        let vm_start_ms = boot_started.elapsed().as_millis() as u64;
+        self.metrics
+            .boot_seconds
+            .observe(vm.boot_time.as_secs_f64());
+        tracing::debug!(%id, vm = %vm.id, boot_ms = vm_start_ms, guest_boot_ms = vm.guest_boot_ms, "VM ready");
+
+        let job = self.job_for(&cmd);
+        let deadline =
+            Duration::from_millis(cmd.limits.timeout_ms) + self.settings.host_deadline_slack;
+        let cap = cmd.limits.max_output_bytes as usize;
+        let exec_started = Instant::now();
+        let outcome = tokio::time::timeout(deadline, converse(vm, job, cap)).await;
+        let exec_ms = exec_started.elapsed().as_millis() as u64;
+        let resp = match outcome {
+            Ok(Conversation::Exited(report, out, vm)) => {
+                vm.destroy().await;
+                self.response(id, &report, out, received, queued_ms, vm_start_ms)
+            }
+            Ok(Conversation::Failed(message, vm)) => {
+                tracing::warn!(%id, %message, console = %vm.console_tail(400), "agent could not run the job");
+                vm.destroy().await;
+                self.sandbox_error(
+                    id,
+                    &format!("the guest agent could not run the job: {message}"),
+                    received,
+                    queued_ms,
+                    vm_start_ms,
+                )
+            }
+            Ok(Conversation::Broken(why, console)) => {
+                tracing::warn!(%id, %why, %console, "VM died during the job");
+                self.sandbox_error(
+                    id,
+                    "the microVM stopped before reporting a result",
+                    received,
+                    queued_ms,
+                    vm_start_ms,
+                )
+            }
+            Err(_) => {
+                // The VM future was dropped, which killed the VM.
+                tracing::warn!(%id, ?deadline, "agent did not report in time; VM destroyed");
+                let mut r = self.sandbox_error(
+                    id,
+                    "the guest did not report before the host deadline",
+                    received,
+                    queued_ms,
+                    vm_start_ms,
+                );
+                r.status = ExecutionStatus::Timeout;
+                r.timings_ms.exec = exec_ms;
+                r
+            }
+        };
+        self.metrics.finished(&resp);
+        Ok(resp)
+    }
+
+    fn job_for(&self, cmd: &ExecuteCommand) -> Job {
+        let path = format!("{WORK_DIR}/{}", cmd.language.file_name);
+        let mut entropy = vec![0u8; 64];
+        rand::thread_rng().fill_bytes(&mut entropy);
+        let workdir_bytes = self.settings.workdir_mb << 20;
+        Job {
+            argv: cmd.language.argv(&path, &cmd.args),
+            code_file: cmd.language.file_name.clone(),
+            code: cmd.code.clone(),
+            stdin: cmd.stdin.clone(),
+            env: cmd.env.clone(),
+            files: cmd.files.clone(),
+            limits: JobLimits {
+                timeout_ms: cmd.limits.timeout_ms,
+                memory_bytes: cmd.limits.memory_mb << 20,
+                max_processes: cmd.limits.max_processes,
+                max_output_bytes: cmd.limits.max_output_bytes,
+                workdir_bytes,
+            },
+            clock_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            entropy,
+        }
+    }
+
+    fn response(
+        &self,
+        id: String,
+        r: &ExitReport,
+        out: Output,
+        received: Instant,
+        queued: u64,
+        vm_start: u64,
+    ) -> ExecuteResponse {
+        let status = match r.outcome {
+            Outcome::Completed => ExecutionStatus::Completed,
+            Outcome::Timeout => ExecutionStatus::Timeout,
+            Outcome::MemoryLimit => ExecutionStatus::MemoryLimit,
+            Outcome::OutputLimit => ExecutionStatus::OutputLimit,
+        };
+        ExecuteResponse {
+            id,
+            status,
+            exit_code: r.exit_code,
+            signal: r.signal.map(signal_name),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout_truncated: r.stdout_truncated || out.stdout_cut,
+            stderr_truncated: r.stderr_truncated || out.stderr_cut,
+            timings_ms: Timings {
+                queued,
+                vm_start,
+                exec: r.exec_ms,
+                total: received.elapsed().as_millis() as u64,
+            },
+            backend: self.vmm.name().to_string(),
+            error: None,
+        }
+    }
+
+    fn sandbox_error(
+        &self,
+        id: String,
+        msg: &str,
+        received: Instant,
+        queued: u64,
+        vm_start: u64,
+    ) -> ExecuteResponse {
+        ExecuteResponse {
+            id,
+            status: ExecutionStatus::SandboxError,
+            exit_code: None,
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timings_ms: Timings {
+                queued,
+                vm_start,
+                exec: 0,
+                total: received.elapsed().as_millis() as u64,
+            },
+            backend: self.vmm.name().to_string(),
+            error: Some(msg.to_string()),
+        }
+    }
+}
+
+/// `SIGKILL` for 9; the number itself for signals nix does not name.
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| sig.to_string())
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+#[derive(Debug, Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_cut: bool,
+    stderr_cut: bool,
+}
+
+impl Output {
+    /// Appends a chunk, never growing a stream past `cap` (the agent caps too).
+    fn push(&mut self, stream: Stream, data: &[u8], cap: usize) {
+        let (buf, cut) = match stream {
+            Stream::Stdout => (&mut self.stdout, &mut self.stdout_cut),
+            Stream::Stderr => (&mut self.stderr, &mut self.stderr_cut),
+        };
+        let room = cap.saturating_sub(buf.len());
+        if data.len() > room {
+            *cut = true;
+        }
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+enum Conversation {
+    Exited(ExitReport, Output, Vm),
+    Failed(String, Vm),
+    /// The channel broke: the VM crashed or the agent died. The VM is already destroyed.
+    Broken(String, String),
+}
+
+async fn converse(mut vm: Vm, job: Job, cap: usize) -> Conversation {
+    if let Err(e) = vm.channel.send(HostMsg::Run(Box::new(job))).await {
+        let console = vm.console_tail(400);
+        vm.destroy().await;
+        return Conversation::Broken(error_chain(&e), console);
+    }
+    let mut out = Output::default();
+    loop {
+        match vm.channel.next().await {
+            Some(Ok(GuestMsg::Output { stream, data })) => out.push(stream, &data, cap),
+            Some(Ok(GuestMsg::Exit(report))) => return Conversation::Exited(report, out, vm),
+            Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message, vm),
+            Some(Ok(GuestMsg::Ready { .. })) => {
+                let console = vm.console_tail(400);
+                vm.destroy().await;
+                return Conversation::Broken("agent said ready twice".into(), console);
+            }
+            Some(Err(e)) => {
+                let console = vm.console_tail(400);
+                vm.destroy().await;
+                return Conversation::Broken(error_chain(&e), console);
+            }
+            None => {
+                let console = vm.console_tail(400);
+                vm.destroy().await;
+                return Conversation::Broken("agent channel closed".into(), console);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_capped_per_stream() {
+        let mut o = Output::default();
+        o.push(Stream::Stdout, b"hello", 8);
+        o.push(Stream::Stdout, b"world", 8);
+        o.push(Stream::Stderr, b"e", 8);
+        assert_eq!(o.stdout, b"hellowor");
+        assert!(o.stdout_cut);
+        assert_eq!(o.stderr, b"e");
+        assert!(!o.stderr_cut);
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(200), "200");
+    }
+}

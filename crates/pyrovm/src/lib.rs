@@ -1,0 +1,145 @@
+//! pyrovm: the TVM node service. It owns admission, one microVM per request,
+//! the HTTP API, metrics, and its runtime directory (reaped on the next start if
+//! this instance crashes). The binary in `src/bin/pyrovm.rs` only parses flags.
+
+pub mod backend;
+pub mod config;
+pub mod core;
+pub mod metrics;
+pub mod server;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tvm_api::LanguageTable;
+use tvm_vmm::runtime::Runtime;
+
+pub use config::{BackendChoice, Config};
+
+use crate::core::{CoreSettings, Executor};
+use crate::server::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare the runtime dir {path}")]
+    Runtime {
+        path: PathBuf,
+        #[source]
+        source: tvm_vmm::VmmError,
+    },
+    #[error("no guest image at {path}: build it with `tvm image build` (or `make image`)")]
+    NoImage { path: PathBuf },
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A configured service, ready to serve.
+#[derive(Debug)]
+pub struct Service {
+    state: Arc<AppState>,
+    runtime: Arc<Runtime>,
+    max_body_bytes: usize,
+}
+
+impl Service {
+    /// Reaps leftovers of crashed instances, picks the backend, checks the image.
+    pub fn new(config: &Config) -> Result<Self, StartError> {
+        config
+            .check()
+            .map_err(|e| StartError::Backend(e.to_string()))?;
+        let root = config
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(Runtime::default_root);
+        let (runtime, reaped) = Runtime::create(&root).map_err(|source| StartError::Runtime {
+            path: root.clone(),
+            source,
+        })?;
+        if reaped.instances > 0 {
+            tracing::warn!(
+                instances = reaped.instances,
+                processes = reaped.processes,
+                "reaped what crashed instances left behind"
+            );
+        }
+        let runtime = Arc::new(runtime);
+        let image_dir = config
+            .image_dir
+            .clone()
+            .unwrap_or_else(|| tvm_image::current_dir(&tvm_image::cache_dir()));
+        let image = tvm_image::image_in(&image_dir);
+        if image.check().is_err() {
+            return Err(StartError::NoImage { path: image_dir });
+        }
+        let vmm = backend::select(
+            config.backend,
+            image,
+            runtime.clone(),
+            Duration::from_millis(config.boot_timeout_ms),
+        )?;
+        tracing::info!(backend = vmm.name(), runtime = %runtime.dir().display(), image = %image_dir.display(), "pyrovm configured");
+        let metrics = Arc::new(metrics::Metrics::new());
+        let executor = Executor::new(
+            vmm,
+            CoreSettings {
+                max_concurrency: config.max_concurrency,
+                guest_overhead_mb: config.guest_overhead_mb,
+                workdir_mb: config.workdir_mb,
+                host_deadline_slack: Duration::from_millis(config.host_deadline_slack_ms),
+            },
+            metrics,
+        );
+        let state = Arc::new(AppState {
+            executor,
+            languages: LanguageTable::builtin(),
+            bounds: config.limits,
+            ready: AtomicBool::new(true),
+        });
+        Ok(Self {
+            state,
+            runtime,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.state.executor.backend_name()
+    }
+
+    /// This instance's runtime dir (removed when the service ends).
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime.dir()
+    }
+
+    pub fn router(&self) -> axum::Router {
+        server::router(self.state.clone(), self.max_body_bytes)
+    }
+
+    /// Serves until `shutdown` resolves, then stops admitting, lets in-flight
+    /// executions finish, and removes the runtime dir.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let app = self.router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                state
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Release);
+                state.executor.close();
+                tracing::info!("shutting down: no new executions; finishing in-flight ones");
+            })
+            .await?;
+        drop(self.state);
+        // Runtime's Drop kills any VMM still recorded and removes the dir.
+        drop(self.runtime);
+        Ok(())
+    }
+}

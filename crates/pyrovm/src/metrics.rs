@@ -1,0 +1,141 @@
+//! Prometheus metrics (`GET /metrics`), with prometheus-client.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tvm_api::{ExecuteResponse, ExecutionStatus};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    executions: Family<StatusLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    pub(crate) vm_boots: Counter,
+    inflight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub(crate) boot_seconds: Histogram,
+    duration_seconds: Histogram,
+    output_bytes: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tvm");
+        let executions = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "executions",
+            "Executions by final status",
+            executions.clone(),
+        );
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests refused before a VM started",
+            rejected.clone(),
+        );
+        let vm_boots = Counter::default();
+        registry.register("vm_boots", "VM starts attempted", vm_boots.clone());
+        let inflight = Gauge::default();
+        registry.register(
+            "inflight_executions",
+            "Executions running now",
+            inflight.clone(),
+        );
+        let boot_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        registry.register(
+            "vm_boot_seconds",
+            "Time from VMM spawn to agent ready",
+            boot_seconds.clone(),
+        );
+        let duration_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        registry.register(
+            "execution_seconds",
+            "End-to-end execution time",
+            duration_seconds.clone(),
+        );
+        let output_bytes = Counter::default();
+        registry.register(
+            "output_bytes",
+            "Bytes of stdout and stderr returned",
+            output_bytes.clone(),
+        );
+        Self {
+            registry,
+            executions,
+            rejected,
+            vm_boots,
+            inflight,
+            boot_seconds,
+            duration_seconds,
+            output_bytes,
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn finished(&self, r: &ExecuteResponse) {
+        let status = match r.status {
+            ExecutionStatus::Completed => "completed",
+            ExecutionStatus::Timeout => "timeout",
+            ExecutionStatus::MemoryLimit => "memory_limit",
+            ExecutionStatus::OutputLimit => "output_limit",
+            ExecutionStatus::SandboxError => "sandbox_error",
+        };
+        self.executions
+            .get_or_create(&StatusLabel {
+                status: status.into(),
+            })
+            .inc();
+        self.duration_seconds
+            .observe(r.timings_ms.total as f64 / 1000.0);
+        self.output_bytes
+            .inc_by((r.stdout.len() + r.stderr.len()) as u64);
+    }
+
+    pub fn inflight_guard(&self) -> InflightGuard<'_> {
+        self.inflight.inc();
+        InflightGuard(&self.inflight)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+#[derive(Debug)]
+pub struct InflightGuard<'a>(&'a Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,152 @@
+//! Helpers for tests that boot real microVMs through the HTTP API on loopback.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pyrovm::{Config, Service};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// The guest image to boot, or `None` (with the reason printed) when there is none
+/// and `TVM_REQUIRE_VM` is unset. `make test` builds the image and sets it, so
+/// there a missing image is a failure, not a skip.
+pub fn image_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("TVM_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tvm_image::current_dir(&tvm_image::cache_dir()));
+    if tvm_image::image_in(&dir).check().is_ok() {
+        return Some(dir);
+    }
+    let reason = format!("no guest image at {} (run `make image`)", dir.display());
+    if std::env::var_os("TVM_REQUIRE_VM").is_some() {
+        panic!("TVM_REQUIRE_VM is set but {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+/// A pyrovm instance on an ephemeral loopback port with its own runtime root.
+pub struct TestServer {
+    pub base: String,
+    pub runtime_root: tempfile::TempDir,
+    pub runtime_dir: PathBuf,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let image = image_dir()?;
+        let runtime_root = tempfile::tempdir().expect("tempdir");
+        let mut config = Config {
+            image_dir: Some(image),
+            runtime_dir: Some(runtime_root.path().to_path_buf()),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let service = Service::new(&config).expect("service starts");
+        let runtime_dir = service.runtime_dir().to_path_buf();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(service.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Some(Self {
+            base,
+            runtime_root,
+            runtime_dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    pub async fn execute(&self, body: Value) -> (u16, Value) {
+        self.post_raw("/v1/execute", serde_json::to_vec(&body).expect("json"))
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// Value of a counter in /metrics (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Asserts that no VM of this server is left: no VM dir, no VMM process.
+    pub fn assert_no_vms(&self) {
+        let vms: Vec<_> = std::fs::read_dir(self.runtime_dir.join("vms"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(vms.is_empty(), "VM dirs left behind: {vms:?}");
+        let procs = vmm_processes(self.runtime_root.path());
+        assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
+    }
+
+    /// Stops the server and asserts that its runtime dir is gone.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("serve");
+        }
+        assert!(!self.runtime_dir.exists(), "runtime dir left behind");
+        let procs = vmm_processes(self.runtime_root.path());
+        assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
+    }
+}
+
+/// Pids of processes whose command line mentions `root` (our VMMs do).
+pub fn vmm_processes(root: &Path) -> Vec<u32> {
+    let needle = root.as_os_str().as_encoded_bytes().to_vec();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != me)
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
