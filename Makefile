@@ -1,0 +1,55 @@
+# TVM — one entry point. `make run` starts the service; `make test` runs every check.
+# Both install what they need (Debian/Ubuntu packages via apt-get) on first use.
+
+SHELL := /bin/bash
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CACHE ?= $(or $(TVM_CACHE_DIR),$(HOME)/.cache/tvm)
+LISTEN ?= 127.0.0.1:8080
+TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(TARGET)/release/tvm-agent
+
+# Debian packages: QEMU, the kernel source and its build tools, the rootfs tools.
+PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
+            mmdebstrap erofs-utils xz-utils curl ca-certificates
+
+.PHONY: run test deps agent build image lint unit check-leftovers clean
+
+run: image build
+	@echo "==> pyrovm on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
+	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyrovm --listen $(LISTEN)
+
+test: image lint
+	TVM_REQUIRE_VM=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets
+	$(MAKE) --no-print-directory check-leftovers
+
+deps:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing: $$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "==> system packages present"; fi
+
+# The agent is PID 1 in an initramfs with no libc: link it statically.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tvm-agent --target $(TARGET)
+
+build:
+	cargo build --release -p pyrovm -p tvm-cli
+
+# Cached outside the repo by recipe hash: only changed parts are rebuilt.
+image: deps agent build
+	$(SUDO) env TVM_CACHE_DIR=$(CACHE) ./target/release/tvm image build --agent $(AGENT)
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit:
+	cargo test --workspace --lib --bins
+
+# After the suite: no VMM started by a test may still run.
+check-leftovers:
+	@scripts/check-leftovers.sh
+
+clean:
+	cargo clean
