@@ -23,7 +23,12 @@ async fn hello_world_in_each_language() {
         ("javascript", "console.log('hello from javascript')"),
         ("bash", "echo hello from bash"),
     ] {
-        let v = run_ok(&srv, json!({"language": lang, "code": code})).await;
+        // Debian's Node.js 18 has no startup snapshot: ~4 s to start under TCG.
+        let v = run_ok(
+            &srv,
+            json!({"language": lang, "code": code, "limits": {"timeout_ms": 30000}}),
+        )
+        .await;
         assert_eq!(v["stdout"], format!("hello from {lang}\n"), "{v}");
         assert_eq!(v["exit_code"], 0);
         assert_eq!(v["stderr"], "");
@@ -97,7 +102,7 @@ async fn nonzero_exit_stderr_and_signals_are_reported() {
 
     let v = run_ok(
         &srv,
-        json!({"language": "javascript", "code": "console.error('boom'); process.exit(7)"}),
+        json!({"language": "javascript", "code": "console.error('boom'); process.exit(7)", "limits": {"timeout_ms": 30000}}),
     )
     .await;
     assert_eq!(v["exit_code"], 7);
