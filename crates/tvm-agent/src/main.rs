@@ -2,7 +2,9 @@
 
 fn main() {
     let code = tvm_agent::run_as_init();
-    // Reached only when the agent cannot even report over the channel.
-    eprintln!("tvm-agent: giving up (code {code})");
+    if code != 0 {
+        // The reason was printed to the console, which the host keeps in console.log.
+        eprintln!("tvm-agent: stopping early (code {code})");
+    }
     tvm_agent::power_off();
 }
