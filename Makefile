@@ -19,7 +19,7 @@ run: image build
 	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyrovm --listen $(LISTEN)
 
 test: image lint
-	TVM_REQUIRE_VM=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets
+	TVM_REQUIRE_VM=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
 	$(MAKE) --no-print-directory check-leftovers
 
 deps:

@@ -39,6 +39,13 @@ pub struct Config {
     pub workdir_mb: u64,
     /// Time on top of the job timeout before the host gives up on the agent.
     pub host_deadline_slack_ms: u64,
+    /// Firecracker binary (else `$TVM_FIRECRACKER_BIN`, else `firecracker` on PATH).
+    pub firecracker_bin: Option<PathBuf>,
+    /// Jailer binary (else `$TVM_JAILER_BIN`, else `jailer` on PATH).
+    pub jailer_bin: Option<PathBuf>,
+    /// Jailed Firecracker processes run as uid/gid `jail_uid_base + n`, n < `jail_uid_count`.
+    pub jail_uid_base: u32,
+    pub jail_uid_count: u32,
     pub limits: LimitBounds,
 }
 
@@ -58,6 +65,10 @@ impl Default for Config {
             guest_overhead_mb: 96,
             workdir_mb: 64,
             host_deadline_slack_ms: 10_000,
+            firecracker_bin: None,
+            jailer_bin: None,
+            jail_uid_base: 40_000,
+            jail_uid_count: 1_000,
             limits: LimitBounds::default(),
         }
     }

@@ -75,7 +75,7 @@ impl Service {
             return Err(StartError::NoImage { path: image_dir });
         }
         let vmm = backend::select(
-            config.backend,
+            config,
             image,
             runtime.clone(),
             Duration::from_millis(config.boot_timeout_ms),

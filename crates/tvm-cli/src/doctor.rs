@@ -13,7 +13,7 @@ pub fn run() -> ExitCode {
     }
     println!("cgroups: {}", cgroup_layout());
     println!("backends (in the order --backend auto tries them):");
-    let candidates = pyrovm::backend::candidates();
+    let candidates = pyrovm::backend::candidates(&pyrovm::Config::default());
     let chosen = candidates.iter().find(|c| c.usable).map(|c| c.name.clone());
     for c in &candidates {
         let mark = if Some(&c.name) == chosen.as_ref() {

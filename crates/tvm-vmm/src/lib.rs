@@ -3,13 +3,15 @@
 //! A [`Vmm`] starts a microVM from a [`GuestImage`] and returns a [`Vm`] once the
 //! guest agent has said it is ready over the agent channel. Dropping or
 //! [`Vm::destroy`]ing the `Vm` kills the VMM process and removes its directory.
-//! The QEMU backend lives in [`qemu`]; accelerator choice in [`accel`]; runtime
+//! The backends live in [`qemu`] and [`firecracker`]; accelerator choice in [`accel`]; runtime
 //! directories and the reaping of a crashed instance's leftovers in [`runtime`].
 
 pub mod accel;
+pub mod firecracker;
 pub mod qemu;
 pub mod runtime;
 mod tsc;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub enum VmmError {
     Protocol(String),
     #[error("agent channel failed during boot")]
     Channel(#[from] tvm_proto::CodecError),
+    #[error("Firecracker API: {0}")]
+    Api(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
 }

@@ -236,7 +236,7 @@ impl Drop for QemuProcess {
 }
 
 /// Last `max` bytes of a file, lossily decoded, on one line.
-fn tail(path: &Path, max: usize) -> String {
+pub(crate) fn tail(path: &Path, max: usize) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };

@@ -88,6 +88,7 @@ impl Drop for Runtime {
         for vm in self.vm_dirs() {
             kill_vmm_of(&vm);
         }
+        remove_instance_cgroups(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -122,7 +123,15 @@ fn owner_alive(owner: &str) -> bool {
     process_start_time(pid) == Some(start)
 }
 
-/// Kills the VMM recorded in a VM dir if its command line names that dir.
+/// Whether `/proc/<pid>/cmdline` contains `needle` (a VM's unique id or dir).
+pub(crate) fn cmdline_mentions(pid: i32, needle: &str) -> bool {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = needle.as_bytes();
+    !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Kills the VMM recorded in a VM dir if its command line names that VM (its dir
+/// name is a ULID, which QEMU's paths and Firecracker's `--id` both carry).
 fn kill_vmm_of(vm_dir: &Path) -> bool {
     let Some(pid) = fs::read_to_string(vm_dir.join(VMM_PID_FILE))
         .ok()
@@ -130,12 +139,31 @@ fn kill_vmm_of(vm_dir: &Path) -> bool {
     else {
         return false;
     };
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let needle = vm_dir.as_os_str().as_encoded_bytes();
-    if needle.is_empty() || !cmdline.windows(needle.len()).any(|w| w == needle) {
+    let id = vm_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if id.len() < 16 || !cmdline_mentions(pid, &id) {
         return false;
     }
     kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+}
+
+/// Removes the host cgroups (`tvm/<instance>/...`) a backend made for an instance.
+fn remove_instance_cgroups(instance_dir: &Path) {
+    let Some(name) = instance_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return;
+    };
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let (v2, v1) = crate::firecracker::jailer::cgroup_mounts(&mounts);
+    let all: Vec<PathBuf> = v2
+        .into_iter()
+        .chain(v1.into_iter().map(|(p, _)| p))
+        .collect();
+    crate::firecracker::jailer::remove_cgroups(&all, &format!("tvm/{name}"), None);
 }
 
 /// Reaps every instance under `root` whose owner process is gone.
@@ -156,6 +184,9 @@ pub fn reap_stale(root: &Path) -> ReapReport {
                 }
             }
         }
+        // Give killed VMMs a moment to leave their cgroups before removing them.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        remove_instance_cgroups(&inst);
         if fs::remove_dir_all(&inst).is_ok() {
             report.instances += 1;
             tracing::warn!(dir = %inst.display(), "reaped a crashed instance's runtime dir");
@@ -197,14 +228,14 @@ mod tests {
     fn dead_owner_is_reaped_with_its_vmm() {
         let root = tempfile::tempdir().unwrap();
         let inst = root.path().join("deadbeef");
-        let vm = inst.join("vms").join("vm1");
+        let vm = inst.join("vms").join("01jdeadbeefdeadbeefdeadbee");
         fs::create_dir_all(&vm).unwrap();
         // An owner that cannot be alive: pid 1's start time is never this.
         fs::write(inst.join("owner"), "1 999999999999\n").unwrap();
         // A stand-in "VMM" whose command line names the VM dir, as QEMU's does.
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("sleep 30; : {}", vm.display()))
+            .arg("sleep 30; : 01jdeadbeefdeadbeefdeadbee")
             .spawn()
             .unwrap();
         fs::write(vm.join(VMM_PID_FILE), child.id().to_string()).unwrap();
@@ -231,7 +262,11 @@ mod tests {
     #[test]
     fn unrelated_pid_is_not_killed() {
         let root = tempfile::tempdir().unwrap();
-        let vm = root.path().join("x").join("vms").join("vm1");
+        let vm = root
+            .path()
+            .join("x")
+            .join("vms")
+            .join("01jdeadbeefdeadbeefdeadbee");
         fs::create_dir_all(&vm).unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
