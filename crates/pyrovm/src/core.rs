@@ -82,8 +82,8 @@ impl Executor {
             Ok(vm) => vm,
             Err(e) => {
                 tracing::error!(%id, error = %error_chain(&e), "VM failed to start");
-                let resp =
-                    self.sandbox_error(id, "the microVM failed to start", received, queued_ms, 0);
+                let msg = format!("{}: the microVM failed to start", self.vmm.name());
+                let resp = self.sandbox_error(id, &msg, received, queued_ms, 0);
                 self.metrics.finished(&resp);
                 return Ok(resp);
             }

@@ -160,3 +160,48 @@ async fn start_reaps_a_crashed_instance() {
     drop(service);
     assert!(!mine.exists());
 }
+
+#[tokio::test]
+async fn a_guest_that_never_becomes_ready_is_a_sandbox_error_naming_the_backend() {
+    let Some(image) = common::image_dir() else {
+        return;
+    };
+    // A real kernel and rootfs, but an initramfs without the agent: the kernel finds
+    // no init, panics, and QEMU exits (panic=-1, -no-reboot). Boot is retried once.
+    let broken = tempfile::tempdir().unwrap();
+    let img = tvm_image::image_in(&image);
+    std::os::unix::fs::symlink(&img.kernel, broken.path().join("vmlinux")).unwrap();
+    std::os::unix::fs::symlink(&img.rootfs, broken.path().join("rootfs.erofs")).unwrap();
+    std::fs::write(broken.path().join("initramfs.cpio"), b"").unwrap();
+    let dir = broken.path().to_path_buf();
+    let Some(srv) = TestServer::start(move |c| {
+        c.image_dir = Some(dir);
+        c.boot_timeout_ms = 8_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let (status, v) = srv
+        .execute(json!({"language": "bash", "code": "echo never"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "sandbox_error", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("qemu-"),
+        "backend not named: {v}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        srv.metric("tvm_executions_total{status=\"sandbox_error\"}")
+            .await,
+        1.0
+    );
+    srv.assert_no_vms();
+    srv.stop().await;
+}
