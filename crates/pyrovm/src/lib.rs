@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tvm_api::LanguageTable;
 use tvm_vmm::runtime::Runtime;
+use tvm_vmm::{GuestImage, Vmm};
 
 pub use config::{BackendChoice, Config};
 
@@ -47,6 +48,18 @@ pub struct Service {
 impl Service {
     /// Reaps leftovers of crashed instances, picks the backend, checks the image.
     pub fn new(config: &Config) -> Result<Self, StartError> {
+        let boot_timeout = Duration::from_millis(config.boot_timeout_ms);
+        Self::with_backend(config, |image, runtime| {
+            backend::select(config, image, runtime, boot_timeout)
+        })
+    }
+
+    /// Like [`Service::new`], but the backend is built by `make_backend` (for embedding
+    /// pyrovm, and for tests that drive a backend `auto` would not pick on this host).
+    pub fn with_backend(
+        config: &Config,
+        make_backend: impl FnOnce(GuestImage, Arc<Runtime>) -> Result<Arc<dyn Vmm>, StartError>,
+    ) -> Result<Self, StartError> {
         config
             .check()
             .map_err(|e| StartError::Backend(e.to_string()))?;
@@ -74,12 +87,7 @@ impl Service {
         if image.check().is_err() {
             return Err(StartError::NoImage { path: image_dir });
         }
-        let vmm = backend::select(
-            config,
-            image,
-            runtime.clone(),
-            Duration::from_millis(config.boot_timeout_ms),
-        )?;
+        let vmm = make_backend(image, runtime.clone())?;
         tracing::info!(backend = vmm.name(), runtime = %runtime.dir().display(), image = %image_dir.display(), "pyrovm configured");
         let metrics = Arc::new(metrics::Metrics::new());
         let executor = Executor::new(

@@ -17,7 +17,7 @@ use serde_json::json;
 use tvm_vmm::accel::{self, Accel};
 use tvm_vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
 use tvm_vmm::runtime::Runtime;
-use tvm_vmm::{VmSpec, Vmm};
+use tvm_vmm::Vmm;
 
 fn binaries() -> Option<(PathBuf, PathBuf)> {
     let fc = std::env::var_os("TVM_FIRECRACKER_BIN").map(PathBuf::from);
@@ -36,6 +36,22 @@ fn binaries() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
+}
+
+/// Every path below `dir` (best effort; the tree changes while we walk it).
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Cgroup dirs under any hierarchy's `tvm/<instance>`.
@@ -90,65 +106,129 @@ async fn firecracker_end_to_end_or_clean_failure() {
         return;
     }
 
-    // No usable KVM: everything up to the guest, then a clean failure.
-    eprintln!("NOTE: KVM is not usable here; checking jail, API and teardown up to the guest");
-    let (runtime, _) = Runtime::create(root.path()).unwrap();
-    let runtime = Arc::new(runtime);
-    let instance = runtime
-        .dir()
+    // No usable KVM: everything up to the guest, then a clean failure, through the API.
+    eprintln!(
+        "NOTE: KVM is not usable here; checking jail, API, vsock and teardown up to the guest"
+    );
+    let image = tvm_image::image_in(&image_dir);
+    let config = pyrovm::Config {
+        image_dir: Some(image_dir.clone()),
+        runtime_dir: Some(root.path().to_path_buf()),
+        ..pyrovm::Config::default()
+    };
+    let service = pyrovm::Service::with_backend(&config, |_, runtime: Arc<Runtime>| {
+        let backend = FirecrackerBackend::new(
+            FirecrackerConfig {
+                firecracker: firecracker.clone(),
+                jailer: jailer.clone(),
+                image,
+                boot_timeout: Duration::from_secs(8),
+                uid_base: 40_000,
+                uid_count: 10,
+            },
+            runtime,
+        )
+        .map_err(|e| pyrovm::StartError::Backend(e.to_string()))?;
+        Ok(Arc::new(backend) as Arc<dyn Vmm>)
+    })
+    .unwrap();
+    let runtime_dir = service.runtime_dir().to_path_buf();
+    // First the backend alone, to see the exact failure: it must come from the guest
+    // side (Firecracker exiting or the agent never answering), after the jailer, the
+    // API configuration and InstanceStart all succeeded.
+    {
+        let (rt, _) = Runtime::create(&root.path().join("direct")).unwrap();
+        let fc = FirecrackerBackend::new(
+            FirecrackerConfig {
+                firecracker: firecracker.clone(),
+                jailer: jailer.clone(),
+                image: tvm_image::image_in(&image_dir),
+                boot_timeout: Duration::from_secs(8),
+                uid_base: 40_000,
+                uid_count: 10,
+            },
+            Arc::new(rt),
+        )
+        .unwrap();
+        // Watch the jails while the backend works: the API must have created the vsock socket.
+        let jails = root.path().join("direct");
+        let watcher = tokio::spawn(async move {
+            let mut seen = false;
+            for _ in 0..400 {
+                seen |= walk(&jails)
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| n == "v.sock"));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        });
+        let t = std::time::Instant::now();
+        let err = tvm_vmm::Vmm::start(
+            &fc,
+            &tvm_vmm::VmSpec {
+                vcpus: 1,
+                memory_mb: 352,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            watcher.await.unwrap(),
+            "the vsock Unix socket never appeared in the jail"
+        );
+        eprintln!("direct start failed after {:?}: {err}", t.elapsed());
+        let text = err.to_string();
+        assert!(
+            matches!(err, tvm_vmm::VmmError::BootTimeout { .. })
+                || (matches!(err, tvm_vmm::VmmError::ExitedDuringBoot { .. })
+                    && text.contains("firecracker exited")),
+            "failure before the guest stage: {text}"
+        );
+    }
+    let instance = runtime_dir
         .file_name()
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let backend = FirecrackerBackend::new(
-        FirecrackerConfig {
-            firecracker,
-            jailer,
-            image: tvm_image::image_in(&image_dir),
-            boot_timeout: Duration::from_secs(8),
-            uid_base: 40_000,
-            uid_count: 10,
-        },
-        runtime.clone(),
-    )
-    .unwrap();
+    let app = service.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let started = std::time::Instant::now();
-    let err = backend
-        .start(&VmSpec {
-            vcpus: 1,
-            memory_mb: 256,
-        })
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/execute"))
+        .json(&json!({"language": "bash", "code": "echo never"}))
+        .send()
         .await
-        .unwrap_err();
-    eprintln!(
-        "firecracker start failed as expected after {:?}: {err}",
-        started.elapsed()
-    );
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    eprintln!("answer after {:?}: {v}", started.elapsed());
+    assert_eq!(v["status"], "sandbox_error", "{v}");
+    assert_eq!(v["backend"], "firecracker");
     assert!(
-        matches!(
-            err,
-            tvm_vmm::VmmError::BootTimeout { .. } | tvm_vmm::VmmError::ExitedDuringBoot { .. }
-        ),
-        "unexpected error (the API must accept our configuration): {err}"
+        v["error"].as_str().unwrap().starts_with("firecracker:"),
+        "{v}"
     );
-    assert!(runtime.vm_dirs().is_empty(), "VM dir left behind");
-    let jail = runtime.dir().join("jail");
-    let jails: Vec<_> = std::fs::read_dir(jail.join("firecracker"))
+    // Nothing of the VM is left: no VM dir, jail, process or cgroup.
+    let vms: Vec<_> = std::fs::read_dir(runtime_dir.join("vms"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(vms.is_empty(), "VM dir left behind: {vms:?}");
+    let jails: Vec<_> = std::fs::read_dir(runtime_dir.join("jail/firecracker"))
         .map(|rd| rd.flatten().collect())
         .unwrap_or_default();
     assert!(jails.is_empty(), "jail left behind: {jails:?}");
-    assert!(common::vmm_processes(root.path()).is_empty());
     let leftover = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| {
-            String::from_utf8_lossy(c).contains("firecracker")
-                && String::from_utf8_lossy(c).contains("--api-sock")
-        })
+        .filter(|c| String::from_utf8_lossy(c).contains("--api-sock"))
         .count();
     assert_eq!(leftover, 0, "a firecracker process is still running");
-    let cgroups: Vec<_> = instance_cgroups(&instance)
+    let cgroups: Vec<PathBuf> = instance_cgroups(&instance)
         .iter()
         .flat_map(|p| {
             std::fs::read_dir(p)
@@ -160,10 +240,11 @@ async fn firecracker_end_to_end_or_clean_failure() {
         .map(|e| e.path())
         .collect();
     assert!(cgroups.is_empty(), "VM cgroups left behind: {cgroups:?}");
-    drop(backend);
-    let dir = runtime.dir().to_path_buf();
-    drop(runtime);
-    assert!(!dir.exists());
+    server.abort();
+    let _ = server.await;
+    drop(service);
+    // With the server gone, the service (and its runtime) is dropped: the instance goes too.
+    assert!(!runtime_dir.exists(), "instance dir left behind");
     assert!(
         instance_cgroups(&instance).is_empty(),
         "instance cgroups left behind"

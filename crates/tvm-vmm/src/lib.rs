@@ -11,6 +11,7 @@ pub mod firecracker;
 pub mod qemu;
 pub mod runtime;
 mod tsc;
+pub mod uds;
 pub mod vsock;
 
 use std::path::PathBuf;

@@ -85,8 +85,9 @@ impl QemuBackend {
             dir: dir.clone(),
         };
         let sock = dir.join("agent.sock");
-        let listener =
-            UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
+        let listener = crate::uds::SocketPath::new(&sock)
+            .and_then(|at| UnixListener::bind(at.path()))
+            .map_err(io_err(format!("bind {}", sock.display())))?;
         let args = command_line(&QemuArgs {
             image: &self.cfg.image,
             accel: self.cfg.accel.accel,

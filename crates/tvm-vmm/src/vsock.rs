@@ -33,7 +33,8 @@ pub async fn handshake_once(
     port: u32,
     wait: Duration,
 ) -> Result<UnixStream, HandshakeError> {
-    let mut s = UnixStream::connect(uds)
+    let at = crate::uds::SocketPath::new(uds).map_err(|e| HandshakeError::Io(e.to_string()))?;
+    let mut s = UnixStream::connect(at.path())
         .await
         .map_err(|e| HandshakeError::Io(e.to_string()))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())

@@ -195,13 +195,12 @@ impl ApiClient {
     }
 
     async fn send_inner(&self, call: &ApiCall) -> Result<(), ApiError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ApiError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                })?;
+        let connect_err = |source| ApiError::Connect {
+            path: self.socket.clone(),
+            source,
+        };
+        let at = crate::uds::SocketPath::new(&self.socket).map_err(connect_err)?;
+        let stream = UnixStream::connect(at.path()).await.map_err(connect_err)?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(conn);

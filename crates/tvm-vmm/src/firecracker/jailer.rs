@@ -176,7 +176,17 @@ pub fn remove_cgroups(mounts: &[PathBuf], parent: &str, id: Option<&str>) {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
-        let _ = std::fs::remove_dir(&parent_dir);
+        // Then `<parent>` and its ancestors (e.g. the shared `tvm`), if nobody else uses them.
+        let mut dir = parent_dir.as_path();
+        while dir != m.as_path() {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+            match dir.parent() {
+                Some(p) => dir = p,
+                None => break,
+            }
+        }
     }
 }
 

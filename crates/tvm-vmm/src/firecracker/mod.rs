@@ -129,6 +129,13 @@ impl FirecrackerBackend {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (cgroup_version, cgroup_mounts) = jailer::detect_cgroups();
+        // Firecracker is the jailer's child; when the jailer exits it is reparented. As a
+        // subreaper, that parent is us, so teardown can reap it instead of leaving a
+        // zombie to whatever init the host (or container) has.
+        // SAFETY: prctl with an integer argument; no memory is passed.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
         Ok(Self {
             cfg,
             runtime,
@@ -204,7 +211,7 @@ impl FirecrackerBackend {
         // With --new-pid-ns the jailer exits once Firecracker is cloned.
         let status = tokio::time::timeout_at(deadline.into(), jailer_child.wait())
             .await
-            .map_err(|_| self.boot_timeout_err(&vm_dir))?
+            .map_err(|_| self.boot_timeout_err(&vm_dir, &chroot))?
             .map_err(io_err("wait for the jailer"))?;
         if !status.success() {
             return Err(VmmError::ExitedDuringBoot {
@@ -226,15 +233,25 @@ impl FirecrackerBackend {
                 .and_then(|s| s.trim().parse::<i32>().ok())
         })
         .await
-        .ok_or_else(|| self.boot_timeout_err(&vm_dir))?;
+        .ok_or_else(|| self.boot_timeout_err(&vm_dir, &chroot))?;
         proc.pid = Some(pid);
         std::fs::write(vm_dir.join(VMM_PID_FILE), pid.to_string())
             .map_err(io_err("write vmm.pid"))?;
 
+        // The socket file appears at bind(); it accepts only after listen(): wait for a connect.
         let api_path = chroot.join(API_SOCK.trim_start_matches('/'));
-        wait_for(deadline, || api_path.exists().then_some(()))
-            .await
-            .ok_or_else(|| self.exited_or_timeout(pid, &vm_dir))?;
+        loop {
+            let ready = crate::uds::SocketPath::new(&api_path)
+                .and_then(|p| std::os::unix::net::UnixStream::connect(p.path()))
+                .is_ok();
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline || !alive(pid) {
+                return Err(self.exited_or_timeout(pid, &vm_dir, &chroot));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let client = ApiClient::new(&api_path);
         for call in configuration_calls(spec) {
             client
@@ -246,14 +263,14 @@ impl FirecrackerBackend {
         let stream = tokio::select! {
             r = crate::vsock::connect(&uds, tvm_proto::VSOCK_PORT, deadline) => r.map_err(|e| {
                 if alive(pid) { VmmError::BootTimeout { timeout: self.cfg.boot_timeout, console_tail: format!("{e}; console: {}", crate::qemu::tail(&vm_dir.join("console.log"), 600)) } }
-                else { self.exited_or_timeout(pid, &vm_dir) }
+                else { self.exited_or_timeout(pid, &vm_dir, &chroot) }
             })?,
-            _ = wait_for_exit(pid) => return Err(self.exited_or_timeout(pid, &vm_dir)),
+            _ = wait_for_exit(pid) => return Err(self.exited_or_timeout(pid, &vm_dir, &chroot)),
         };
         let mut framed = Framed::new(stream, FrameCodec::new());
         let first = tokio::time::timeout_at(deadline.into(), framed.next())
             .await
-            .map_err(|_| self.boot_timeout_err(&vm_dir))?;
+            .map_err(|_| self.boot_timeout_err(&vm_dir, &chroot))?;
         let guest_boot_ms = match first {
             Some(Ok(GuestMsg::Ready { boot_ms, .. })) => boot_ms,
             Some(Ok(other)) => return Err(VmmError::Protocol(format!("{other:?}"))),
@@ -287,23 +304,28 @@ impl FirecrackerBackend {
         Ok(())
     }
 
-    fn boot_timeout_err(&self, vm_dir: &Path) -> VmmError {
+    fn boot_timeout_err(&self, vm_dir: &Path, chroot: &Path) -> VmmError {
         VmmError::BootTimeout {
             timeout: self.cfg.boot_timeout,
-            console_tail: crate::qemu::tail(&vm_dir.join("console.log"), 600),
+            console_tail: format!(
+                "{} | firecracker log: {}",
+                crate::qemu::tail(&vm_dir.join("console.log"), 600),
+                crate::qemu::tail(&chroot.join("fc.log"), 600)
+            ),
         }
     }
 
-    fn exited_or_timeout(&self, pid: i32, vm_dir: &Path) -> VmmError {
+    fn exited_or_timeout(&self, pid: i32, vm_dir: &Path, chroot: &Path) -> VmmError {
         if alive(pid) {
-            return self.boot_timeout_err(vm_dir);
+            return self.boot_timeout_err(vm_dir, chroot);
         }
         VmmError::ExitedDuringBoot {
             status: "firecracker exited".into(),
             log_tail: format!(
-                "{} | console: {}",
+                "{} | console: {} | firecracker log: {}",
                 crate::qemu::tail(&vm_dir.join("vmm.log"), 600),
-                crate::qemu::tail(&vm_dir.join("console.log"), 600)
+                crate::qemu::tail(&vm_dir.join("console.log"), 600),
+                crate::qemu::tail(&chroot.join("fc.log"), 600)
             ),
         }
     }
@@ -370,6 +392,28 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits (bounded) until `pid` is gone: reaped by us when it is our child (we are a
+/// subreaper), else until /proc says it is dead.
+fn reap(pid: i32, until: Instant) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => return,
+            Err(nix::errno::Errno::ECHILD) => {
+                if !alive(pid) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        if Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 async fn wait_for_exit(pid: i32) {
     while alive(pid) {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -406,20 +450,29 @@ struct FcProcess {
 
 impl FcProcess {
     fn teardown(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
         if let Some(pid) = self.pid.take() {
             if crate::runtime::cmdline_mentions(pid, &self.id) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                let until = Instant::now() + wait;
-                while alive(pid) && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
             }
+            reap(pid, until);
         }
         let _ = std::fs::remove_dir_all(&self.jail);
-        jailer::remove_cgroups(&self.cgroup_mounts, &self.parent_cgroup, Some(&self.id));
+        // A cgroup can be removed only once every thread of the VMM has left it.
+        loop {
+            jailer::remove_cgroups(&self.cgroup_mounts, &self.parent_cgroup, Some(&self.id));
+            let left = self
+                .cgroup_mounts
+                .iter()
+                .any(|m| m.join(&self.parent_cgroup).join(&self.id).exists());
+            if !left || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = std::fs::remove_dir_all(&self.vm_dir);
     }
 }
