@@ -46,6 +46,13 @@ pub struct Config {
     /// Jailed Firecracker processes run as uid/gid `jail_uid_base + n`, n < `jail_uid_count`.
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
+    /// File with bearer tokens, one per line (also `--token-file`).
+    pub token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without tokens.
+    pub insecure_no_auth: bool,
+    /// Tokens in force: from `token_file` and `TVM_TOKENS`, filled in by the binary.
+    #[serde(skip)]
+    pub tokens: Vec<String>,
     pub limits: LimitBounds,
 }
 
@@ -69,6 +76,9 @@ impl Default for Config {
             jailer_bin: None,
             jail_uid_base: 40_000,
             jail_uid_count: 1_000,
+            token_file: None,
+            insecure_no_auth: false,
+            tokens: Vec::new(),
             limits: LimitBounds::default(),
         }
     }
@@ -126,6 +136,13 @@ impl Config {
                 )));
             }
         }
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.insecure_no_auth {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without auth tokens: set --token-file or TVM_TOKENS \
+                 (or pass --insecure-no-auth to accept unauthenticated requests from the network)",
+                self.listen
+            )));
+        }
         if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
             return Err(ConfigError::Invalid(
                 "memory and work dir sizes are too small".into(),
@@ -138,6 +155,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_loopback_needs_tokens_or_an_explicit_opt_out() {
+        let mut c = Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(matches!(c.check(), Err(ConfigError::Invalid(m)) if m.contains("--token-file")));
+        c.tokens = vec!["t".into()];
+        c.check().unwrap();
+        c.tokens.clear();
+        c.insecure_no_auth = true;
+        c.check().unwrap();
+    }
 
     #[test]
     fn defaults_are_valid() {

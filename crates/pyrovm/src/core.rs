@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tvm_api::{ExecuteCommand, ExecuteResponse, ExecutionStatus, Timings};
 use tvm_proto::{ExitReport, GuestMsg, HostMsg, Job, JobLimits, Outcome, Stream, WORK_DIR};
 use tvm_vmm::{Vm, VmSpec, Vmm};
@@ -58,17 +58,38 @@ impl Executor {
         self.slots.close();
     }
 
-    /// Runs one command in a VM that exists for it alone.
-    pub async fn execute(&self, cmd: ExecuteCommand) -> Result<ExecuteResponse, CoreError> {
+    /// Takes an execution slot or refuses at once (429 / 503 upstream).
+    pub fn admit(&self) -> Result<Admitted, CoreError> {
         let received = Instant::now();
-        let _permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Admitted {
+                _permit: permit,
+                received,
+            }),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 self.metrics.rejected("capacity");
-                return Err(CoreError::AtCapacity(self.settings.max_concurrency));
+                Err(CoreError::AtCapacity(self.settings.max_concurrency))
             }
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(CoreError::ShuttingDown),
-        };
+            Err(tokio::sync::TryAcquireError::Closed) => Err(CoreError::ShuttingDown),
+        }
+    }
+
+    /// Runs one command in a VM that exists for it alone, collecting its output.
+    pub async fn execute(&self, cmd: ExecuteCommand) -> Result<ExecuteResponse, CoreError> {
+        let admitted = self.admit()?;
+        Ok(self.run(admitted, cmd, None).await)
+    }
+
+    /// Runs an admitted command. With `live`, output chunks go there as they arrive
+    /// (and are not collected); if its receiver goes away the VM is destroyed at once
+    /// and the response says `sandbox_error` "cancelled".
+    pub async fn run(
+        &self,
+        admitted: Admitted,
+        cmd: ExecuteCommand,
+        live: Option<mpsc::Sender<OutputChunk>>,
+    ) -> ExecuteResponse {
+        let received = admitted.received;
         let _inflight = self.metrics.inflight_guard();
         let id = ulid::Ulid::new().to_string();
         let queued_ms = received.elapsed().as_millis() as u64;
@@ -85,7 +106,7 @@ impl Executor {
                 let msg = format!("{}: the microVM failed to start", self.vmm.name());
                 let resp = self.sandbox_error(id, &msg, received, queued_ms, 0);
                 self.metrics.finished(&resp);
-                return Ok(resp);
+                return resp;
             }
         };
         let vm_start_ms = boot_started.elapsed().as_millis() as u64;
@@ -99,7 +120,7 @@ impl Executor {
             Duration::from_millis(cmd.limits.timeout_ms) + self.settings.host_deadline_slack;
         let cap = cmd.limits.max_output_bytes as usize;
         let exec_started = Instant::now();
-        let outcome = tokio::time::timeout(deadline, converse(vm, job, cap)).await;
+        let outcome = tokio::time::timeout(deadline, converse(vm, job, cap, live)).await;
         let exec_ms = exec_started.elapsed().as_millis() as u64;
         let resp = match outcome {
             Ok(Conversation::Exited(report, out, vm)) => {
@@ -112,6 +133,16 @@ impl Executor {
                 self.sandbox_error(
                     id,
                     &format!("the guest agent could not run the job: {message}"),
+                    received,
+                    queued_ms,
+                    vm_start_ms,
+                )
+            }
+            Ok(Conversation::Cancelled) => {
+                tracing::info!(%id, "client went away; VM destroyed");
+                self.sandbox_error(
+                    id,
+                    "cancelled: the client went away",
                     received,
                     queued_ms,
                     vm_start_ms,
@@ -143,7 +174,8 @@ impl Executor {
             }
         };
         self.metrics.finished(&resp);
-        Ok(resp)
+        drop(admitted);
+        resp
     }
 
     fn job_for(&self, cmd: &ExecuteCommand) -> Job {
@@ -278,14 +310,35 @@ impl Output {
     }
 }
 
+/// A slot taken by [`Executor::admit`]; released when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    received: Instant,
+}
+
+/// A piece of live output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
 enum Conversation {
     Exited(ExitReport, Output, Vm),
+    /// The live receiver went away; the VM is already destroyed.
+    Cancelled,
     Failed(String, Vm),
     /// The channel broke: the VM crashed or the agent died. The VM is already destroyed.
     Broken(String, String),
 }
 
-async fn converse(mut vm: Vm, job: Job, cap: usize) -> Conversation {
+async fn converse(
+    mut vm: Vm,
+    job: Job,
+    cap: usize,
+    live: Option<mpsc::Sender<OutputChunk>>,
+) -> Conversation {
     if let Err(e) = vm.channel.send(HostMsg::Run(Box::new(job))).await {
         let console = vm.console_tail(400);
         vm.destroy().await;
@@ -293,8 +346,26 @@ async fn converse(mut vm: Vm, job: Job, cap: usize) -> Conversation {
     }
     let mut out = Output::default();
     loop {
-        match vm.channel.next().await {
-            Some(Ok(GuestMsg::Output { stream, data })) => out.push(stream, &data, cap),
+        let next = match &live {
+            Some(tx) => tokio::select! {
+                m = vm.channel.next() => m,
+                _ = tx.closed() => {
+                    vm.destroy().await;
+                    return Conversation::Cancelled;
+                }
+            },
+            None => vm.channel.next().await,
+        };
+        match next {
+            Some(Ok(GuestMsg::Output { stream, data })) => match &live {
+                Some(tx) => {
+                    if tx.send(OutputChunk { stream, data }).await.is_err() {
+                        vm.destroy().await;
+                        return Conversation::Cancelled;
+                    }
+                }
+                None => out.push(stream, &data, cap),
+            },
             Some(Ok(GuestMsg::Exit(report))) => return Conversation::Exited(report, out, vm),
             Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message, vm),
             Some(Ok(GuestMsg::Ready { .. })) => {

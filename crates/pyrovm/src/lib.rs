@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod metrics;
+pub mod middleware;
 pub mod server;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ pub struct Service {
     state: Arc<AppState>,
     runtime: Arc<Runtime>,
     max_body_bytes: usize,
+    tokens: Arc<middleware::Tokens>,
 }
 
 impl Service {
@@ -110,6 +112,7 @@ impl Service {
             state,
             runtime,
             max_body_bytes: config.max_body_bytes,
+            tokens: Arc::new(middleware::Tokens::new(config.tokens.clone())),
         })
     }
 
@@ -123,7 +126,7 @@ impl Service {
     }
 
     pub fn router(&self) -> axum::Router {
-        server::router(self.state.clone(), self.max_body_bytes)
+        server::router(self.state.clone(), self.max_body_bytes, self.tokens.clone())
     }
 
     /// Serves until `shutdown` resolves, then stops admitting, lets in-flight

@@ -11,12 +11,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use tvm_api::{
-    parse_execute, validate, ApiError, ErrorBody, LanguageInfo, LanguageTable, LimitBounds,
-    ValidationError,
-};
+use std::convert::Infallible;
+use std::time::Duration;
 
-use crate::core::{CoreError, Executor};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use tvm_api::{
+    parse_execute, validate, ApiError, ErrorBody, ExecuteCommand, ExecuteResponse, LanguageInfo,
+    LanguageTable, LimitBounds, StreamExit, Utf8Chunker, ValidationError,
+};
+use tvm_proto::Stream;
+
+use crate::core::{CoreError, Executor, OutputChunk};
+use crate::middleware::{self, Tokens};
 
 #[derive(Debug)]
 pub struct AppState {
@@ -35,6 +44,7 @@ pub enum Failure {
     Core(CoreError),
     NotFound,
     NotReady,
+    Unauthorized(&'static str),
 }
 
 impl IntoResponse for Failure {
@@ -60,6 +70,12 @@ impl IntoResponse for Failure {
                 e.to_string(),
                 Some("5"),
             ),
+            Failure::Unauthorized(m) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                m.to_string(),
+                None,
+            ),
             Failure::NotFound => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -80,6 +96,10 @@ impl IntoResponse for Failure {
             },
         };
         let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
@@ -88,22 +108,26 @@ impl IntoResponse for Failure {
     }
 }
 
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<AppState>, max_body_bytes: usize, tokens: Arc<Tokens>) -> Router {
     Router::new()
         .route("/v1/execute", post(execute))
+        .route("/v1/execute/stream", post(execute_stream))
         .route("/v1/languages", get(languages))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { Failure::NotFound })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            middleware::require_token,
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(state)
 }
 
-async fn execute(
-    State(st): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Failure> {
+/// Body → typed command: the shared front half of every execute endpoint.
+fn command(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<ExecuteCommand, Failure> {
     let body = body.map_err(|e| {
         st.executor.metrics.rejected("body");
         match e {
@@ -118,13 +142,15 @@ async fn execute(
     if !st.ready.load(Ordering::Acquire) {
         return Err(Failure::NotReady);
     }
-    let cmd = parse_execute(&body)
+    parse_execute(&body)
         .and_then(|req| validate(req, st.languages, &st.bounds))
         .map_err(|e| {
             st.executor.metrics.rejected("invalid");
             Failure::Invalid(e)
-        })?;
-    let resp = st.executor.execute(cmd).await.map_err(Failure::Core)?;
+        })
+}
+
+fn log_finished(resp: &ExecuteResponse) {
     tracing::info!(
         id = %resp.id,
         status = ?resp.status,
@@ -133,7 +159,79 @@ async fn execute(
         vm_start_ms = resp.timings_ms.vm_start,
         "execution finished"
     );
+}
+
+async fn execute(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let cmd = command(&st, body)?;
+    let resp = st.executor.execute(cmd).await.map_err(Failure::Core)?;
+    log_finished(&resp);
     Ok(Json(resp).into_response())
+}
+
+/// How often an idle stream sends a comment; it is also how soon a vanished client
+/// is noticed (a write fails) and its VM destroyed.
+const SSE_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// Server-Sent Events: `stdout`/`stderr` chunks as they happen, then one `exit`
+/// whose data is the unary response without the output. Validation and admission
+/// errors are ordinary JSON answers, before any event. A client that disconnects
+/// cancels the job and its VM is destroyed at once.
+async fn execute_stream(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let cmd = command(&st, body)?;
+    let admitted = st.executor.admit().map_err(Failure::Core)?;
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<OutputChunk>(32);
+    let (event_tx, event_rx) = mpsc::channel::<Event>(32);
+    let span = tracing::Span::current();
+    let runner = st.clone();
+    let job = tokio::spawn(
+        async move { runner.executor.run(admitted, cmd, Some(chunk_tx)).await }.instrument(span),
+    );
+    tokio::spawn(async move {
+        let mut out = Utf8Chunker::default();
+        let mut err = Utf8Chunker::default();
+        loop {
+            let chunk = tokio::select! {
+                c = chunk_rx.recv() => c,
+                // The client went away: dropping chunk_rx cancels the job and its VM.
+                _ = event_tx.closed() => return,
+            };
+            let Some(chunk) = chunk else { break };
+            let (name, text) = match chunk.stream {
+                Stream::Stdout => ("stdout", out.push(&chunk.data)),
+                Stream::Stderr => ("stderr", err.push(&chunk.data)),
+            };
+            if !text.is_empty()
+                && event_tx
+                    .send(Event::default().event(name).data(text))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        for (name, rest) in [("stdout", out.finish()), ("stderr", err.finish())] {
+            if !rest.is_empty() {
+                let _ = event_tx.send(Event::default().event(name).data(rest)).await;
+            }
+        }
+        if let Ok(resp) = job.await {
+            log_finished(&resp);
+            let exit = serde_json::to_string(&StreamExit::from(&resp)).unwrap_or_default();
+            let _ = event_tx
+                .send(Event::default().event("exit").data(exit))
+                .await;
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(event_rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+        .into_response())
 }
 
 async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<LanguageInfo>> {

@@ -10,7 +10,7 @@ mod validate;
 pub use languages::{Language, LanguageError, LanguageTable};
 pub use types::{
     ApiError, ErrorBody, ExecuteRequest, ExecuteResponse, ExecutionStatus, FileEncoding, InputFile,
-    LanguageInfo, RequestLimits, Timings,
+    LanguageInfo, RequestLimits, StreamExit, Timings, Utf8Chunker,
 };
 pub use validate::{
     parse_execute, validate, Bound, ExecuteCommand, LimitBounds, Limits, ValidationError,

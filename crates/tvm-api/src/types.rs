@@ -115,3 +115,101 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
 }
+
+/// Data of the final `exit` event of `POST /v1/execute/stream`: the unary response
+/// without the collected output (it was streamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamExit {
+    pub id: String,
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub timings_ms: Timings,
+    pub backend: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&ExecuteResponse> for StreamExit {
+    fn from(r: &ExecuteResponse) -> Self {
+        Self {
+            id: r.id.clone(),
+            status: r.status,
+            exit_code: r.exit_code,
+            signal: r.signal.clone(),
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+            timings_ms: r.timings_ms,
+            backend: r.backend.clone(),
+            error: r.error.clone(),
+        }
+    }
+}
+
+/// Turns a byte stream into text chunk by chunk without splitting a UTF-8 sequence:
+/// an incomplete sequence at the end of a chunk waits for the next one; invalid
+/// bytes become U+FFFD.
+#[derive(Debug, Default)]
+pub struct Utf8Chunker {
+    carry: Vec<u8>,
+}
+
+impl Utf8Chunker {
+    pub fn push(&mut self, data: &[u8]) -> String {
+        self.carry.extend_from_slice(data);
+        let keep = incomplete_tail(&self.carry);
+        let rest = self.carry.split_off(self.carry.len() - keep);
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry = rest;
+        text
+    }
+
+    /// Whatever is left at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry.clear();
+        text
+    }
+}
+
+/// Length of a trailing, not yet complete UTF-8 sequence (0..=3).
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=3.min(b.len()) {
+        let byte = b[b.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // continuation byte: look further back
+        }
+        let need = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunker_keeps_split_sequences_whole() {
+        let s = "héllo €";
+        let b = s.as_bytes();
+        let mut c = Utf8Chunker::default();
+        let mut out = String::new();
+        for piece in b.chunks(1) {
+            out.push_str(&c.push(piece));
+        }
+        out.push_str(&c.finish());
+        assert_eq!(out, s);
+        let mut c = Utf8Chunker::default();
+        assert_eq!(c.push(&[0xff, b'a']), "\u{fffd}a");
+        assert_eq!(c.push(&[0xe2, 0x82]), "");
+        assert_eq!(c.finish(), "\u{fffd}");
+    }
+}

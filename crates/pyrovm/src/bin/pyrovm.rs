@@ -24,6 +24,12 @@ struct Args {
     /// Directory with vmlinux, initramfs.cpio and rootfs.erofs.
     #[arg(long, env = "TVM_IMAGE_DIR")]
     image_dir: Option<PathBuf>,
+    /// File with bearer tokens, one per line; `TVM_TOKENS` adds more (comma-separated).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Accept unauthenticated requests on a non-loopback address.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -72,6 +78,20 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(d) = &args.image_dir {
         config.image_dir = Some(d.clone());
     }
+    if let Some(f) = &args.token_file {
+        config.token_file = Some(f.clone());
+    }
+    config.insecure_no_auth |= args.insecure_no_auth;
+    if let Some(f) = &config.token_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read token file {}", f.display()))?;
+        config
+            .tokens
+            .extend(pyrovm::middleware::parse_tokens(&text));
+    }
+    if let Ok(env) = std::env::var("TVM_TOKENS") {
+        config.tokens.extend(pyrovm::middleware::parse_tokens(&env));
+    }
     config.check()?;
     Ok(config)
 }
@@ -84,6 +104,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %listener.local_addr()?,
         backend = service.backend_name(),
+        auth = if config.tokens.is_empty() { "off" } else { "bearer tokens" },
         "pyrovm serving"
     );
     service.serve(listener, shutdown_signal()).await?;

@@ -1,0 +1,138 @@
+//! Cross-cutting HTTP concerns: request ids and bearer-token auth.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::server::Failure;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A client-supplied id is kept when it is 1–128 of `[A-Za-z0-9._-]`.
+pub fn well_formed_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The id of the request being handled (set by [`request_id`]).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Gives every request an id (the client's if well-formed), logs within a span that
+/// carries it, and returns it in `x-request-id`.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| well_formed_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The accepted bearer tokens; empty means auth is off.
+#[derive(Debug, Default)]
+pub struct Tokens(Vec<Vec<u8>>);
+
+impl Tokens {
+    pub fn new(tokens: Vec<String>) -> Self {
+        Self(tokens.into_iter().map(String::into_bytes).collect())
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Compares against every token in constant time per token (no early exit).
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let mut ok = subtle::Choice::from(0u8);
+        for t in &self.0 {
+            ok |= t.as_slice().ct_eq(presented);
+        }
+        bool::from(ok)
+    }
+}
+
+/// Reads tokens: one per line from a file (blank lines and `#` comments skipped), or
+/// separated by commas/whitespace in `TVM_TOKENS`.
+pub fn parse_tokens(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(|l| l.split([',', ' ', '\t']))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Paths open without a token (probes).
+pub fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// `Authorization: Bearer <token>` on every route but the probes, when tokens are set.
+pub async fn require_token(
+    State(tokens): State<Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !tokens.enabled() || is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if tokens.accepts(t.as_bytes()) => next.run(req).await,
+        Some(_) => Failure::Unauthorized("the bearer token is not valid").into_response(),
+        None => Failure::Unauthorized("an Authorization: Bearer token is required").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_shape() {
+        assert!(well_formed_request_id("abc-123_x.y"));
+        assert!(!well_formed_request_id(""));
+        assert!(!well_formed_request_id("has space"));
+        assert!(!well_formed_request_id(&"a".repeat(129)));
+        assert!(!well_formed_request_id("new\nline"));
+    }
+
+    #[test]
+    fn tokens_match_exactly() {
+        let t = Tokens::new(vec!["alpha".into(), "beta-2".into()]);
+        assert!(t.accepts(b"alpha"));
+        assert!(t.accepts(b"beta-2"));
+        assert!(!t.accepts(b"alph"));
+        assert!(!t.accepts(b"alphaa"));
+        assert!(!t.accepts(b""));
+        assert!(!Tokens::default().enabled());
+    }
+
+    #[test]
+    fn token_file_parsing() {
+        assert_eq!(parse_tokens("# comment\n\nabc\n  def  \n"), ["abc", "def"]);
+        assert_eq!(parse_tokens("a,b c"), ["a", "b", "c"]);
+    }
+}
