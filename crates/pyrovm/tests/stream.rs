@@ -21,7 +21,7 @@ async fn events(resp: reqwest::Response) -> Vec<Ev> {
     let mut buf = String::new();
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
             let mut name = String::from("message");
