@@ -86,6 +86,9 @@ enum ImageCmd {
 
 #[derive(Debug, Clone, ClapArgs)]
 struct LimitArgs {
+    /// Wait for the whole result instead of streaming output as it happens.
+    #[arg(long)]
+    no_stream: bool,
     /// Wall-clock limit in milliseconds.
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -232,6 +235,7 @@ fn execute(
             .context("cannot read stdin")?;
         Some(s)
     };
+    let stream = !limits.no_stream;
     let req = ExecuteRequest {
         language,
         code,
@@ -240,6 +244,40 @@ fn execute(
         limits: limits.into(),
         ..Default::default()
     };
+    if stream {
+        use std::io::Write;
+        let exit = client::execute_stream(server, &req, &mut |is_err, text| {
+            if is_err {
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        })?;
+        return match exit {
+            Ok(exit) => {
+                let (code, note) = exit_code_for(
+                    exit.status,
+                    exit.exit_code,
+                    exit.signal.as_deref(),
+                    exit.timings_ms.exec,
+                    exit.error.as_deref(),
+                );
+                if let Some(note) = note {
+                    eprintln!("tvm: {note}");
+                }
+                Ok(ExitCode::from(code))
+            }
+            Err((status, err)) => {
+                eprintln!(
+                    "tvm: server refused the request ({status}): {} ({})",
+                    err.error.message, err.error.code
+                );
+                Ok(ExitCode::from(if status.is_client_error() { 2 } else { 1 }))
+            }
+        };
+    }
     let resp = match client::execute(server, &req)? {
         Ok(r) => r,
         Err((status, err)) => {
@@ -254,7 +292,13 @@ fn execute(
     eprint!("{}", resp.stderr);
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let (code, note) = exit_code_for(&resp);
+    let (code, note) = exit_code_for(
+        resp.status,
+        resp.exit_code,
+        resp.signal.as_deref(),
+        resp.timings_ms.exec,
+        resp.error.as_deref(),
+    );
     if let Some(note) = note {
         eprintln!("tvm: {note}");
     }
@@ -263,10 +307,16 @@ fn execute(
 
 /// The program's exit code when it exited; 128+N for signal N; 124 timeout (as
 /// `timeout(1)`), 137 memory limit (a SIGKILL), 1 output limit or sandbox error.
-fn exit_code_for(r: &tvm_api::ExecuteResponse) -> (u8, Option<String>) {
+fn exit_code_for(
+    status: tvm_api::ExecutionStatus,
+    exit_code: Option<i32>,
+    signal: Option<&str>,
+    exec_ms: u64,
+    error: Option<&str>,
+) -> (u8, Option<String>) {
     use tvm_api::ExecutionStatus as S;
-    let sig = |name: &Option<String>| -> u8 {
-        let n = match name.as_deref() {
+    let sig = |name: Option<&str>| -> u8 {
+        let n = match name {
             Some("SIGKILL") => 9,
             Some("SIGTERM") => 15,
             Some("SIGSEGV") => 11,
@@ -276,21 +326,15 @@ fn exit_code_for(r: &tvm_api::ExecuteResponse) -> (u8, Option<String>) {
         };
         128 + n
     };
-    match r.status {
-        S::Completed => match (r.exit_code, &r.signal) {
+    match status {
+        S::Completed => match (exit_code, signal) {
             (Some(c), _) => ((c & 0xff) as u8, None),
             (None, s) => (
                 sig(s),
-                Some(format!(
-                    "program killed by {}",
-                    s.as_deref().unwrap_or("a signal")
-                )),
+                Some(format!("program killed by {}", s.unwrap_or("a signal"))),
             ),
         },
-        S::Timeout => (
-            124,
-            Some(format!("time limit reached after {} ms", r.timings_ms.exec)),
-        ),
+        S::Timeout => (124, Some(format!("time limit reached after {exec_ms} ms"))),
         S::MemoryLimit => (
             137,
             Some("memory limit reached; the program was killed".into()),
@@ -301,10 +345,7 @@ fn exit_code_for(r: &tvm_api::ExecuteResponse) -> (u8, Option<String>) {
         ),
         S::SandboxError => (
             1,
-            Some(format!(
-                "sandbox error: {}",
-                r.error.as_deref().unwrap_or("unknown")
-            )),
+            Some(format!("sandbox error: {}", error.unwrap_or("unknown"))),
         ),
     }
 }
