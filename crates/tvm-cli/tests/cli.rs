@@ -81,7 +81,11 @@ fn exec_and_run_mirror_the_program() {
 
     let (code, out, _) = tvm(&url, &["exec", "-l", "python", "-c", "print(6*7)"], "");
     assert_eq!((code, out.as_str()), (0, "42\n"));
-    let (code, out, _) = tvm(&url, &["exec", "--no-stream", "-l", "python", "-c", "print(6*7)"], "");
+    let (code, out, _) = tvm(
+        &url,
+        &["exec", "--no-stream", "-l", "python", "-c", "print(6*7)"],
+        "",
+    );
     assert_eq!((code, out.as_str()), (0, "42\n"));
 
     let (code, out, err) = tvm(
