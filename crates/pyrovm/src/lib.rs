@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod piston;
 pub mod server;
 

@@ -31,7 +31,7 @@ use tvm_proto::Stream;
 use crate::core::{CoreError, OutputChunk};
 use crate::server::AppState;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PistonFile {
     #[serde(default)]
     pub name: Option<String>,
@@ -40,7 +40,7 @@ pub struct PistonFile {
     pub encoding: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PistonRequest {
     pub language: String,
     #[serde(default)]
@@ -64,14 +64,14 @@ pub struct PistonRequest {
     pub run_cpu_time: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PistonRuntime {
     pub language: String,
     pub version: String,
     pub aliases: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PistonStage {
     pub stdout: String,
     pub stderr: String,
@@ -87,7 +87,7 @@ pub struct PistonStage {
     pub memory: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PistonResponse {
     pub language: String,
     pub version: String,
@@ -95,7 +95,7 @@ pub struct PistonResponse {
 }
 
 /// Piston's error body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PistonError {
     pub message: String,
 }
@@ -195,6 +195,10 @@ pub fn to_request(p: PistonRequest, table: &LanguageTable) -> Result<ExecuteRequ
     })
 }
 
+/// Piston v2: the runtimes (languages) available.
+#[utoipa::path(get, path = "/api/v2/runtimes", tag = "piston",
+    responses((status = 200, body = Vec<PistonRuntime>), (status = 401, body = tvm_api::ErrorBody)),
+    security((), ("bearer" = [])))]
 pub async fn runtimes(State(st): State<Arc<AppState>>) -> Json<Vec<PistonRuntime>> {
     Json(
         st.languages
@@ -208,6 +212,16 @@ pub async fn runtimes(State(st): State<Arc<AppState>>) -> Json<Vec<PistonRuntime
     )
 }
 
+/// Piston v2: run a program.
+#[utoipa::path(post, path = "/api/v2/execute", tag = "piston", request_body = PistonRequest,
+    responses(
+        (status = 200, body = PistonResponse),
+        (status = 400, body = PistonError),
+        (status = 401, body = tvm_api::ErrorBody),
+        (status = 413, body = PistonError),
+        (status = 429, body = PistonError),
+        (status = 503, body = PistonError),
+    ), security((), ("bearer" = [])))]
 pub async fn execute(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,

@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, tokens: Arc<Tokens>) 
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(|| async { Failure::NotFound })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -163,7 +164,17 @@ fn log_finished(resp: &ExecuteResponse) {
     );
 }
 
-async fn execute(
+/// Run code in a fresh microVM and return its output.
+#[utoipa::path(post, path = "/v1/execute", tag = "execution", request_body = tvm_api::ExecuteRequest,
+    responses(
+        (status = 200, description = "The sandbox ran (the program's own failure is still 200)", body = ExecuteResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Not ready or shutting down; see Retry-After", body = ErrorBody),
+    ), security((), ("bearer" = [])))]
+pub(crate) async fn execute(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
@@ -181,7 +192,16 @@ const SSE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// whose data is the unary response without the output. Validation and admission
 /// errors are ordinary JSON answers, before any event. A client that disconnects
 /// cancels the job and its VM is destroyed at once.
-async fn execute_stream(
+#[utoipa::path(post, path = "/v1/execute/stream", tag = "execution", request_body = tvm_api::ExecuteRequest,
+    responses(
+        (status = 200, description = "Server-Sent Events: `stdout`/`stderr` (data: text), then `exit` (data: StreamExit JSON)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Not ready or shutting down", body = ErrorBody),
+    ), security((), ("bearer" = [])))]
+pub(crate) async fn execute_stream(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
@@ -236,7 +256,11 @@ async fn execute_stream(
         .into_response())
 }
 
-async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<LanguageInfo>> {
+/// The languages this node runs.
+#[utoipa::path(get, path = "/v1/languages", tag = "execution",
+    responses((status = 200, body = Vec<LanguageInfo>), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+pub(crate) async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<LanguageInfo>> {
     Json(
         st.languages
             .iter()
@@ -250,11 +274,16 @@ async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<LanguageInfo>> {
     )
 }
 
-async fn healthz() -> &'static str {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, content_type = "text/plain", body = String)))]
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Failure> {
+/// Readiness: 503 while shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 503, body = ErrorBody)))]
+pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Failure> {
     if st.ready.load(Ordering::Acquire) {
         Ok("ready\n")
     } else {
@@ -262,7 +291,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Failure
     }
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+/// Prometheus/OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

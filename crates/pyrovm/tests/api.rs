@@ -205,3 +205,25 @@ async fn a_guest_that_never_becomes_ready_is_a_sandbox_error_naming_the_backend(
     srv.assert_no_vms();
     srv.stop().await;
 }
+
+#[test]
+#[should_panic(expected = "does not match the OpenAPI schema")]
+fn the_openapi_check_rejects_a_wrong_shape() {
+    common::check_schema(
+        &json!({"$ref": "#/components/schemas/ExecuteResponse"}),
+        &json!({"id": 1, "status": "exploded"}),
+        "deliberately wrong",
+    );
+}
+
+#[tokio::test]
+async fn openapi_json_is_served() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let (code, body) = srv.get("/openapi.json").await;
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(&doc, common::openapi());
+    srv.stop().await;
+}

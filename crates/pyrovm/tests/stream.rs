@@ -78,6 +78,11 @@ async fn output_streams_before_the_program_ends_then_exit() {
         evs[3].at - evs[0].at
     );
     let exit: serde_json::Value = serde_json::from_str(&evs[3].data).unwrap();
+    common::check_schema(
+        &json!({"$ref": "#/components/schemas/StreamExit"}),
+        &exit,
+        "exit event",
+    );
     assert_eq!(exit["status"], "completed");
     assert_eq!(exit["exit_code"], 3);
     assert!(

@@ -150,3 +150,53 @@ pub fn vmm_processes(root: &Path) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// The service's own OpenAPI document (the one `GET /openapi.json` serves).
+pub fn openapi() -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(pyrovm::openapi::document)
+}
+
+fn operation(method: &str, path: &str) -> Option<&'static Value> {
+    openapi()["paths"].get(path)?.get(method)
+}
+
+/// Every documented path must document each status it answers with.
+pub fn check_status_documented(method: &str, path: &str, status: u16) {
+    if let Some(op) = operation(method, path) {
+        assert!(
+            op["responses"].get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which the OpenAPI document does not list"
+        );
+    }
+}
+
+/// Validates a JSON response against the schema the OpenAPI document gives for it.
+/// Undocumented paths (e.g. a deliberate 404 probe) are skipped.
+pub fn check_against_openapi(method: &str, path: &str, status: u16, body: &Value) {
+    let Some(op) = operation(method, path) else {
+        return;
+    };
+    check_status_documented(method, path, status);
+    let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status}: no JSON schema documented"
+    );
+    check_schema(schema, body, &format!("{method} {path} {status}"));
+}
+
+/// Validates `value` against a schema from the document (refs resolve into its components).
+pub fn check_schema(schema: &Value, value: &Value, what: &str) {
+    let mut root = schema.clone();
+    root["components"] = openapi()["components"].clone();
+    let validator = jsonschema::validator_for(&root).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: response does not match the OpenAPI schema: {errors:#?}\n{value}"
+    );
+}
