@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod core;
+pub mod grpc;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

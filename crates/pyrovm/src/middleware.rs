@@ -79,9 +79,22 @@ pub fn parse_tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Paths open without a token (probes).
+/// Paths open without a token (probes, and the gRPC health service).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz") || path.starts_with("/grpc.health.v1.Health/")
+}
+
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn unauthorized(req: &Request, message: &'static str) -> Response {
+    if is_grpc(req) {
+        return tonic::Status::unauthenticated(message).into_http::<axum::body::Body>();
+    }
+    Failure::Unauthorized(message).into_response()
 }
 
 /// `Authorization: Bearer <token>` on every route but the probes, when tokens are set.
@@ -101,8 +114,8 @@ pub async fn require_token(
         .map(str::trim);
     match presented {
         Some(t) if tokens.accepts(t.as_bytes()) => next.run(req).await,
-        Some(_) => Failure::Unauthorized("the bearer token is not valid").into_response(),
-        None => Failure::Unauthorized("an Authorization: Bearer token is required").into_response(),
+        Some(_) => unauthorized(&req, "the bearer token is not valid"),
+        None => unauthorized(&req, "an Authorization: Bearer token is required"),
     }
 }
 

@@ -119,14 +119,16 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, tokens: Arc<Tokens>) 
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::serve))
-        .fallback(|| async { Failure::NotFound })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state.clone())
+        // gRPC (HTTP/2) on the same port; then our fallback replaces tonic's.
+        .merge(crate::grpc::router(state))
+        .fallback(|| async { Failure::NotFound })
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             middleware::require_token,
         ))
         .layer(axum::middleware::from_fn(middleware::request_id))
-        .with_state(state)
 }
 
 /// Body → typed command: the shared front half of every execute endpoint.

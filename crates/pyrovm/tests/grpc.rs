@@ -1,0 +1,234 @@
+//! gRPC `tvm.v1.Execution` with a real tonic client, on the same port as HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use pyrovm::grpc::pb;
+use pyrovm::grpc::pb::execution_client::ExecutionClient;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+async fn channel(srv: &TestServer) -> Channel {
+    Channel::from_shared(srv.base.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC connection")
+}
+
+fn req(language: &str, code: &str) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        language: language.into(),
+        code: code.into(),
+        limits: Some(pb::Limits {
+            timeout_ms: Some(20_000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unary_streaming_languages_health_and_reflection() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let ch = channel(&srv).await;
+    let mut client = ExecutionClient::new(ch.clone());
+
+    // Unary, with stdin, args, env and a binary file.
+    let mut r = req("python", "import os,sys\nprint(6*7, input(), sys.argv[1], os.environ['K'], open('b.bin','rb').read())");
+    r.stdin = Some("in\n".into());
+    r.args = vec!["arg".into()];
+    r.env.insert("K".into(), "v".into());
+    r.files.push(pb::File {
+        path: "b.bin".into(),
+        content: vec![0, 255],
+    });
+    let resp = client.execute(r).await.unwrap().into_inner();
+    assert_eq!(resp.status, pb::Status::Completed as i32, "{resp:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&resp.stdout),
+        "42 in arg v b'\\x00\\xff'\n"
+    );
+    assert_eq!(resp.exit_code, Some(0));
+    assert!(resp.backend.starts_with("qemu-"));
+
+    // Server streaming: chunks in order, the first before the program ends, then exit.
+    let code = "import time\nprint('a', flush=True)\ntime.sleep(1.2)\nprint('b')";
+    let mut stream = client
+        .execute_stream(req("python", code))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    let mut first_at = None;
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event.unwrap() {
+            pb::execute_event::Event::Stdout(d) => {
+                first_at.get_or_insert(started.elapsed());
+                seen.push(String::from_utf8(d).unwrap());
+            }
+            pb::execute_event::Event::Stderr(d) => {
+                seen.push(format!("ERR:{}", String::from_utf8(d).unwrap()))
+            }
+            pb::execute_event::Event::Exit(e) => {
+                assert_eq!(e.status, pb::Status::Completed as i32);
+                assert!(e.stdout.is_empty(), "exit repeats no output");
+                seen.push("EXIT".into());
+            }
+        }
+    }
+    assert_eq!(seen, ["a\n", "b\n", "EXIT"]);
+    assert!(started.elapsed() - first_at.unwrap() >= Duration::from_millis(1000));
+
+    let langs = client
+        .list_languages(pb::ListLanguagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = langs.languages.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["python", "javascript", "bash"]);
+
+    // gRPC health checking.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "tvm.v1.Execution"] {
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            h.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    // Server reflection lists the service.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut refl = ServerReflectionClient::new(ch);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = refl
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}")
+    };
+    let services: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(services.contains(&"tvm.v1.Execution"), "{services:?}");
+    assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
+
+    srv.assert_no_vms();
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn errors_map_to_grpc_codes() {
+    let Some(srv) = TestServer::start(|c| c.max_concurrency = 1).await else {
+        return;
+    };
+    let mut client = ExecutionClient::new(channel(&srv).await);
+
+    let e = client.execute(req("cobol", "x")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("unknown language"), "{e:?}");
+    let bad = e.get_details_bad_request().expect("BadRequest details");
+    assert_eq!(bad.field_violations[0].field, "unknown_language");
+
+    let mut bad_limit = req("python", "1");
+    bad_limit.limits = Some(pb::Limits {
+        timeout_ms: Some(999_999_999),
+        ..Default::default()
+    });
+    assert_eq!(
+        client.execute(bad_limit).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        srv.metric("tvm_vm_boots_total").await,
+        0.0,
+        "bad requests start no VM"
+    );
+
+    // Hold the only slot with a stream, then ask again: RESOURCE_EXHAUSTED with retry info.
+    let mut holder = client
+        .execute_stream(req("bash", "echo go; sleep 3"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = holder.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::execute_event::Event::Stdout(_))
+    ));
+    let e = client.execute(req("bash", "echo hi")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    let retry = e.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
+    while holder.message().await.unwrap().is_some() {}
+    srv.assert_no_vms();
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_apply_to_grpc_but_not_to_health() {
+    let Some(srv) = TestServer::start(|c| c.tokens = vec!["grpc-token".into()]).await else {
+        return;
+    };
+    let ch = channel(&srv).await;
+    let mut client = ExecutionClient::new(ch.clone());
+    let e = client
+        .list_languages(pb::ListLanguagesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(pb::ListLanguagesRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        client.list_languages(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut right = tonic::Request::new(pb::ListLanguagesRequest {});
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer grpc-token".parse().unwrap());
+    assert_eq!(
+        client
+            .list_languages(right)
+            .await
+            .unwrap()
+            .into_inner()
+            .languages
+            .len(),
+        3
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        h.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    srv.stop().await;
+}
