@@ -52,6 +52,9 @@ async fn tokens_guard_every_surface_and_never_reach_the_logs() {
         ("GET", "/metrics"),
         ("POST", "/v1/execute"),
         ("POST", "/v1/execute/stream"),
+        ("GET", "/api/v2/runtimes"),
+        ("POST", "/api/v2/execute"),
+        ("GET", "/openapi.json"),
     ] {
         let req = |auth: Option<&str>| {
             let mut r = if method == "GET" {
