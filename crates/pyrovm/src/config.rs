@@ -50,6 +50,10 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address without tokens.
     pub insecure_no_auth: bool,
+    /// Warm pool classes: `[[pool]] vcpus, memory_mb, size`. Empty: every request cold-boots.
+    pub pool: Vec<crate::pool::PoolClass>,
+    /// Pool boots running at once (default: cores).
+    pub pool_parallel_boots: usize,
     /// Tokens in force: from `token_file` and `TVM_TOKENS`, filled in by the binary.
     #[serde(skip)]
     pub tokens: Vec<String>,
@@ -77,6 +81,13 @@ impl Default for Config {
             jail_uid_base: 40_000,
             jail_uid_count: 1_000,
             token_file: None,
+            // Sized for a 2-core TCG box: two ready VMs of the default class (~135 MB RSS each).
+            pool: vec![crate::pool::PoolClass {
+                vcpus: 1,
+                memory_mb: 256,
+                size: 2,
+            }],
+            pool_parallel_boots: cores,
             insecure_no_auth: false,
             tokens: Vec::new(),
             limits: LimitBounds::default(),

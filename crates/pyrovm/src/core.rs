@@ -34,6 +34,7 @@ pub struct CoreSettings {
 #[derive(Debug)]
 pub struct Executor {
     vmm: Arc<dyn Vmm>,
+    pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
     slots: Arc<Semaphore>,
     settings: CoreSettings,
     pub(crate) metrics: Arc<Metrics>,
@@ -43,9 +44,46 @@ impl Executor {
     pub fn new(vmm: Arc<dyn Vmm>, settings: CoreSettings, metrics: Arc<Metrics>) -> Self {
         Self {
             vmm,
+            pool: std::sync::OnceLock::new(),
             slots: Arc::new(Semaphore::new(settings.max_concurrency)),
             settings,
             metrics,
+        }
+    }
+
+    /// Starts the warm pool for these classes (needs a tokio runtime); once.
+    pub fn start_pool(
+        &self,
+        classes: &[crate::pool::PoolClass],
+        parallel_boots: usize,
+    ) -> Option<Arc<crate::pool::Pool>> {
+        if classes.iter().all(|c| c.size == 0) {
+            return None;
+        }
+        let specs = classes
+            .iter()
+            .map(|c| (self.spec_for(c.vcpus, c.memory_mb), c.size))
+            .collect();
+        let pool = crate::pool::Pool::new(
+            self.vmm.clone(),
+            specs,
+            parallel_boots,
+            self.metrics.clone(),
+        );
+        self.pool.set(pool.clone()).ok()?;
+        Some(pool)
+    }
+
+    /// The warm pool, if one runs.
+    pub fn pool(&self) -> Option<&Arc<crate::pool::Pool>> {
+        self.pool.get()
+    }
+
+    /// Guest shape for a job's limits: its vCPUs, its memory plus the guest overhead.
+    pub fn spec_for(&self, vcpus: u32, memory_mb: u64) -> VmSpec {
+        VmSpec {
+            vcpus,
+            memory_mb: memory_mb + self.settings.guest_overhead_mb,
         }
     }
 
@@ -93,13 +131,21 @@ impl Executor {
         let _inflight = self.metrics.inflight_guard();
         let id = ulid::Ulid::new().to_string();
         let queued_ms = received.elapsed().as_millis() as u64;
-        let spec = VmSpec {
-            vcpus: cmd.limits.vcpus,
-            memory_mb: cmd.limits.memory_mb + self.settings.guest_overhead_mb,
-        };
+        let spec = self.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb);
         let boot_started = Instant::now();
-        self.metrics.vm_boots.inc();
-        let vm = match self.vmm.start(&spec).await {
+        let pooled = self
+            .pool
+            .get()
+            .filter(|p| p.serves(&spec))
+            .and_then(|p| p.take(&spec));
+        let started = match pooled {
+            Some(vm) => Ok(vm),
+            None => {
+                self.metrics.vm_boots.inc();
+                self.vmm.start(&spec).await
+            }
+        };
+        let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
                 tracing::error!(%id, error = %error_chain(&e), "VM failed to start");

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod piston;
+pub mod pool;
 pub mod server;
 
 use std::future::Future;
@@ -48,6 +49,8 @@ pub struct Service {
     runtime: Arc<Runtime>,
     max_body_bytes: usize,
     tokens: Arc<middleware::Tokens>,
+    pool: Vec<pool::PoolClass>,
+    pool_parallel_boots: usize,
 }
 
 impl Service {
@@ -116,6 +119,8 @@ impl Service {
             runtime,
             max_body_bytes: config.max_body_bytes,
             tokens: Arc::new(middleware::Tokens::new(config.tokens.clone())),
+            pool: config.pool.clone(),
+            pool_parallel_boots: config.pool_parallel_boots,
         })
     }
 
@@ -140,6 +145,9 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
+        let pool = state
+            .executor
+            .start_pool(&self.pool, self.pool_parallel_boots);
         let app = self.router();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -151,6 +159,9 @@ impl Service {
                 tracing::info!("shutting down: no new executions; finishing in-flight ones");
             })
             .await?;
+        if let Some(pool) = pool {
+            pool.drain().await;
+        }
         drop(self.state);
         // Runtime's Drop kills any VMM still recorded and removes the dir.
         drop(self.runtime);

@@ -20,8 +20,21 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub vcpus: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    pool_ready: Family<ClassLabel, Gauge>,
+    pool_takes: Family<ResultLabel, Counter>,
     registry: Registry,
     executions: Family<StatusLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
@@ -73,6 +86,18 @@ impl Metrics {
             "End-to-end execution time",
             duration_seconds.clone(),
         );
+        let pool_ready = Family::<ClassLabel, Gauge>::default();
+        registry.register(
+            "pool_ready_vms",
+            "Booted VMs waiting in the warm pool, per size class (guest RAM)",
+            pool_ready.clone(),
+        );
+        let pool_takes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pool_takes",
+            "Requests served from the pool (hit) or cold-booted (miss)",
+            pool_takes.clone(),
+        );
         let output_bytes = Counter::default();
         registry.register(
             "output_bytes",
@@ -80,6 +105,8 @@ impl Metrics {
             output_bytes.clone(),
         );
         Self {
+            pool_ready,
+            pool_takes,
             registry,
             executions,
             rejected,
@@ -116,6 +143,24 @@ impl Metrics {
             .observe(r.timings_ms.total as f64 / 1000.0);
         self.output_bytes
             .inc_by((r.stdout.len() + r.stderr.len()) as u64);
+    }
+
+    pub fn pool_size(&self, spec: &tvm_vmm::VmSpec, n: usize) {
+        self.pool_ready
+            .get_or_create(&ClassLabel {
+                vcpus: spec.vcpus,
+                memory_mb: spec.memory_mb,
+            })
+            .set(n as i64);
+    }
+
+    pub fn pool_hit(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.pool_takes
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn inflight_guard(&self) -> InflightGuard<'_> {

@@ -35,6 +35,27 @@ fn bad_config_exits_2_with_a_message() {
 }
 
 #[test]
+fn non_loopback_without_tokens_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pyrovm"))
+        .args(["--listen", "0.0.0.0:0"])
+        .env("TVM_RUNTIME_DIR", dir.path().join("run"))
+        .env_remove("TVM_TOKENS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--insecure-no-auth") && err.contains("--token-file"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "a refused start changes nothing"
+    );
+}
+
+#[test]
 fn missing_image_exits_1_and_names_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pyrovm"))

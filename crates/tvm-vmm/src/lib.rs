@@ -47,7 +47,7 @@ impl GuestImage {
 }
 
 /// What one VM gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mb: u64,

@@ -44,6 +44,8 @@ impl TestServer {
         let mut config = Config {
             image_dir: Some(image),
             runtime_dir: Some(runtime_root.path().to_path_buf()),
+            // No warm pool unless a test asks: its idle VMs would count as "left behind".
+            pool: Vec::new(),
             ..Config::default()
         };
         tweak(&mut config);
