@@ -12,7 +12,7 @@ AGENT := target/$(TARGET)/release/tvm-agent
 PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
             mmdebstrap erofs-utils xz-utils curl ca-certificates
 
-.PHONY: run test deps agent build image lint unit check-leftovers clean
+.PHONY: run test bench deps agent build image lint unit check-leftovers clean
 
 run: image build
 	@echo "==> pyrovm on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
@@ -21,6 +21,11 @@ run: image build
 test: image lint
 	TVM_REQUIRE_VM=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
 	$(MAKE) --no-print-directory check-leftovers
+
+# A benchmark, not a test: latency, throughput, overhead and memory against baselines.
+bench: image
+	@command -v bwrap >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap
+	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/bench.py
 
 deps:
 	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""`make bench`: TVM latency, throughput, overhead and memory, against baselines
+measured in the same run. A benchmark, not a test: it prints a markdown table and
+writes docs/bench/results.json and docs/bench/latency.svg.
+
+Baselines: (a) naive — qemu-system-x86_64 started per request with the same kernel,
+initramfs and rootfs, speaking the same agent protocol, no pool, no snapshot (the
+original design); (b) bwrap — python3 run natively under bubblewrap.
+Needs: target/release/pyrovm, a built image (TVM_IMAGE_DIR or ~/.cache/tvm/current),
+bwrap. Stdlib only.
+"""
+import base64, concurrent.futures as cf, json, os, shutil, socket, statistics, struct
+import subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = os.environ.get("TVM_IMAGE_DIR") or os.path.expanduser("~/.cache/tvm/current")
+PYROVM = os.path.join(ROOT, "target/release/pyrovm")
+N = int(os.environ.get("BENCH_N", "20"))
+BODY = {"language": "python", "code": "print(1)"}
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * p / 100
+    f = int(k)
+    c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
+def summary(xs):
+    return {"n": len(xs), "p50": pct(xs, 50), "p95": pct(xs, 95), "p99": pct(xs, 99)}
+
+
+class Server:
+    def __init__(self, pool_size, max_concurrency=16, port=18090):
+        self.dir = tempfile.mkdtemp(prefix="tvm-bench-")
+        self.url = f"http://127.0.0.1:{port}"
+        pool = f"[[pool]]\nvcpus = 1\nmemory_mb = 256\nsize = {pool_size}\n" if pool_size else "pool = []\n"
+        cfg = os.path.join(self.dir, "bench.toml")
+        with open(cfg, "w") as f:
+            f.write(f'listen = "127.0.0.1:{port}"\nmax_concurrency = {max_concurrency}\nboot_timeout_ms = 60000\n'
+                    f'runtime_dir = "{self.dir}/run"\nimage_dir = "{IMAGE}"\n{pool}')
+        self.proc = subprocess.Popen([PYROVM, "--config", cfg], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "log"), "w"))
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pyrovm did not start")
+
+    def metric(self, name):
+        text = urllib.request.urlopen(self.url + "/metrics").read().decode()
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
+
+    def wait_pool(self, want, timeout=120):
+        end = time.time() + timeout
+        while self.metric("tvm_pool_ready_vms") < want:
+            if time.time() > end:
+                raise RuntimeError("pool did not fill")
+            time.sleep(0.05)
+
+    def execute(self, strict=True):
+        req = urllib.request.Request(self.url + "/v1/execute", json.dumps(BODY).encode(),
+                                     {"content-type": "application/json"})
+        t0 = time.monotonic()
+        with urllib.request.urlopen(req, timeout=120) as r:
+            v = json.load(r)
+        wall = (time.monotonic() - t0) * 1000
+        ok = v["status"] == "completed" and v["stdout"] == "1\n"
+        assert ok or not strict, v
+        return wall, v
+
+    def vmm_pss_kib(self):
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+                if self.dir.encode() in cmd and b"qemu-system" in cmd:
+                    for line in open(f"/proc/{pid}/smaps_rollup"):
+                        if line.startswith("Pss:"):
+                            out.append(int(line.split()[1]))
+            except OSError:
+                pass
+        return out
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def naive_once(tsc_khz):
+    """The original design: a fresh QEMU per request, no pool, no snapshot."""
+    d = tempfile.mkdtemp(prefix="tvm-naive-")
+    sock = os.path.join(d, "a.sock")
+    l = socket.socket(socket.AF_UNIX)
+    l.bind(sock)
+    l.listen(1)
+    args = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", "-accel", "tcg",
+            "-cpu", "max", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-smp", "1", "-m", "352M",
+            "-kernel", f"{IMAGE}/vmlinux", "-initrd", f"{IMAGE}/initramfs.cpio",
+            "-append", f"console=ttyS0 quiet panic=-1 tvm.channel=virtio-serial tsc_early_khz={tsc_khz}",
+            "-serial", "null", "-drive", f"id=r,if=none,format=raw,readonly=on,file.locking=off,file={IMAGE}/rootfs.erofs",
+            "-device", "virtio-blk-device,drive=r", "-device", "virtio-rng-device",
+            "-device", "virtio-serial-device", "-chardev", f"socket,id=a,path={sock}",
+            "-device", "virtserialport,chardev=a,name=tvm.agent"]
+    t0 = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        l.settimeout(30)
+        c, _ = l.accept()
+        c.settimeout(60)
+        buf = b""
+
+        def recv():
+            nonlocal buf
+            while True:
+                if len(buf) >= 4:
+                    n = struct.unpack(">I", buf[:4])[0]
+                    if len(buf) >= 4 + n:
+                        m = json.loads(buf[4:4 + n])
+                        buf = buf[4 + n:]
+                        return m["msg"]
+                x = c.recv(65536)
+                if not x:
+                    raise RuntimeError("channel closed")
+                buf += x
+
+        assert recv()["type"] == "ready"
+        job = {"type": "run", "argv": ["/usr/bin/python3", "/work/main.py"], "code_file": "main.py",
+               "code": base64.b64encode(b"print(1)").decode(), "stdin": "", "env": {}, "files": [],
+               "limits": {"timeout_ms": 10000, "memory_bytes": 256 << 20, "max_processes": 64,
+                          "max_output_bytes": 1 << 20, "workdir_bytes": 64 << 20},
+               "clock_unix_ns": time.time_ns(), "entropy": base64.b64encode(os.urandom(32)).decode()}
+        payload = json.dumps({"v": 1, "msg": job}).encode()
+        c.sendall(struct.pack(">I", len(payload)) + payload)
+        while True:
+            m = recv()
+            if m["type"] == "exit":
+                break
+        return (time.monotonic() - t0) * 1000
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def tsc_khz():
+    try:
+        return int(open("/sys/devices/system/cpu/cpu0/tsc_freq_khz").read())
+    except OSError:
+        out = subprocess.run([os.path.join(ROOT, "target/release/tvm"), "doctor"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("host TSC:"):
+                return int(line.split()[2])
+    raise RuntimeError("unknown TSC frequency")
+
+
+def bwrap_once():
+    t0 = time.monotonic()
+    out = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                          "--unshare-all", "--die-with-parent", "python3", "-c", "print(1)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "1\n"
+    return (time.monotonic() - t0) * 1000
+
+
+def throughput(run_one, concurrency, total):
+    """Completed executions per second; failures are counted, not hidden."""
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(concurrency) as ex:
+        oks = list(ex.map(lambda _: run_one(), range(total)))
+    secs = time.monotonic() - t0
+    return {"per_s": sum(oks) / secs, "ok": sum(oks), "failed": total - sum(oks)}
+
+
+def svg(results, path):
+    bars = [(k, v) for k, v in [
+        ("naive QEMU", results["latency_ms"]["naive"]["p50"]),
+        ("TVM cold boot", results["latency_ms"]["cold"]["p50"]),
+        ("TVM pool hit", results["latency_ms"]["pool_hit"]["p50"]),
+        ("bwrap (no VM)", results["latency_ms"]["bwrap"]["p50"]),
+    ] if v is not None]
+    top = max(v for _, v in bars)
+    w, h, left = 640, 60 + 40 * len(bars), 140
+    rows = []
+    for i, (name, v) in enumerate(bars):
+        y = 40 + i * 40
+        bw = (w - left - 80) * v / top
+        rows.append(f'<text x="{left - 8}" y="{y + 18}" text-anchor="end" font-size="13">{name}</text>'
+                    f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="26" fill="#3b6ea5"/>'
+                    f'<text x="{left + bw + 6:.1f}" y="{y + 18}" font-size="13">{v:.0f} ms</text>')
+    doc = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">'
+           f'<rect width="100%" height="100%" fill="white"/>'
+           f'<text x="10" y="22" font-size="15" font-weight="bold">python print(1), p50 end-to-end latency '
+           f'({results["machine"]["accel"]}, {results["machine"]["cores"]} cores)</text>{"".join(rows)}</svg>')
+    open(path, "w").write(doc)
+
+
+def main():
+    khz = tsc_khz()
+    res = {"machine": {"cores": os.cpu_count(), "accel": "tcg", "date": time.strftime("%Y-%m-%d")},
+           "latency_ms": {}, "throughput_per_s": {}, "overhead_ms": {}, "memory": {}}
+
+    print("baselines ...", file=sys.stderr)
+    naive = [naive_once(khz) for _ in range(max(5, N // 2))]
+    res["latency_ms"]["naive"] = summary(naive)
+    res["latency_ms"]["bwrap"] = summary([bwrap_once() for _ in range(N)])
+
+    print("cold boots ...", file=sys.stderr)
+    s = Server(pool_size=0, port=18091)
+    try:
+        cold = [s.execute()[0] for _ in range(max(5, N // 2))]
+    finally:
+        s.stop()
+    res["latency_ms"]["cold"] = summary(cold)
+    res["latency_ms"]["snapshot_clone"] = None  # not implemented yet
+
+    print("pool hits ...", file=sys.stderr)
+    s = Server(pool_size=2, port=18092)
+    try:
+        hits, overhead = [], []
+        for _ in range(N):
+            s.wait_pool(2)
+            wall, v = s.execute()
+            hits.append(wall)
+            overhead.append(v["timings_ms"]["total"] - v["timings_ms"]["exec"])
+        res["latency_ms"]["pool_hit"] = summary(hits)
+        res["overhead_ms"] = {**summary(overhead), "what": "server total minus in-guest exec (ms resolution)"}
+        s.wait_pool(2)
+        time.sleep(2)
+        pss = s.vmm_pss_kib()
+        res["memory"]["idle_pooled_vm_pss_mib"] = [round(x / 1024, 1) for x in pss]
+        print("throughput ...", file=sys.stderr)
+        for c in (1, 4, 16):
+            res["throughput_per_s"][f"tvm_c{c}"] = throughput(
+                lambda: s.execute(strict=False)[1]["status"] == "completed", c, max(8, 2 * c))
+    finally:
+        s.stop()
+    def naive_ok():
+        try:
+            naive_once(khz)
+            return True
+        except Exception:  # a boot that times out under load counts as a failure
+            return False
+    res["throughput_per_s"]["naive_c16"] = throughput(naive_ok, 16, 16)
+
+    print("memory at a bound ...", file=sys.stderr)
+    bound = 8
+    s = Server(pool_size=bound, port=18093)
+    try:
+        s.wait_pool(bound, timeout=300)
+        time.sleep(2)
+        pss = s.vmm_pss_kib()
+    finally:
+        s.stop()
+    avg = sum(pss) / len(pss) / 1024
+    res["memory"].update({"measured_vms": len(pss), "avg_pss_mib": round(avg, 1),
+                          "fit_in_16gib_extrapolated": int(16 * 1024 / avg),
+                          "note": f"measured with {len(pss)} idle VMs, extrapolated linearly to 16 GiB"})
+
+    out = os.path.join(ROOT, "docs/bench")
+    os.makedirs(out, exist_ok=True)
+    json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=2)
+    svg(res, os.path.join(out, "latency.svg"))
+
+    L, nv = res["latency_ms"], res["latency_ms"]["naive"]["p50"]
+    print("| scenario | p50 ms | p95 ms | p99 ms | p50 vs naive |\n|---|---|---|---|---|")
+    for k in ("pool_hit", "cold", "naive", "bwrap"):
+        v = L[k]
+        print(f"| {k} | {v['p50']:.0f} | {v['p95']:.0f} | {v['p99']:.0f} | {v['p50'] / nv:.2f}× |")
+    print("| snapshot_clone | not implemented yet | | | |")
+    t = res["throughput_per_s"]
+    def tp(k):
+        return f"{t[k]['per_s']:.2f}/s ({t[k]['failed']} failed)"
+    ratio = t["tvm_c16"]["per_s"] / t["naive_c16"]["per_s"] if t["naive_c16"]["per_s"] else float("nan")
+    print(f"\nthroughput: c1 {tp('tvm_c1')}, c4 {tp('tvm_c4')}, c16 {tp('tvm_c16')}; naive c16 {tp('naive_c16')} "
+          f"(c16 ratio {ratio:.2f}×)")
+    o = res["overhead_ms"]
+    print(f"platform overhead (total - exec): p50 {o['p50']:.0f} ms, p99 {o['p99']:.0f} ms")
+    m = res["memory"]
+    print(f"idle pooled VM PSS: avg {m['avg_pss_mib']} MiB over {m['measured_vms']} VMs; "
+          f"~{m['fit_in_16gib_extrapolated']} fit in 16 GiB (extrapolated)")
+
+
+if __name__ == "__main__":
+    main()
