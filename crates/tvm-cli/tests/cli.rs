@@ -28,6 +28,8 @@ fn server(runtime: &std::path::Path) -> Option<String> {
     let config = pyrovm::Config {
         image_dir: Some(image),
         runtime_dir: Some(runtime.to_path_buf()),
+        // Every request cold-boots: no idle pool VMs outlive the test.
+        pool: Vec::new(),
         ..pyrovm::Config::default()
     };
     let service = pyrovm::Service::new(&config).unwrap();
