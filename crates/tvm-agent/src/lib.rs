@@ -10,7 +10,7 @@ mod sys;
 
 use std::time::Duration;
 
-use tvm_proto::{BlockingChannel, GuestMsg, HostMsg};
+use tvm_proto::{error_chain, BlockingChannel, GuestMsg, HostMsg};
 
 pub use sys::power_off;
 
@@ -47,14 +47,14 @@ pub fn run_as_init() -> i32 {
     let cfg = match boot::boot() {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("tvm-agent: boot failed: {}", chain(&e));
+            eprintln!("tvm-agent: boot failed: {}", error_chain(&e));
             return 1;
         }
     };
     let channel = match boot::open_channel(&cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tvm-agent: {}", chain(&e));
+            eprintln!("tvm-agent: {}", error_chain(&e));
             return 2;
         }
     };
@@ -63,38 +63,28 @@ pub fn run_as_init() -> i32 {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         boot_ms: sys::uptime_ms(),
     }) {
-        eprintln!("tvm-agent: cannot say ready: {}", chain(&e));
+        eprintln!("tvm-agent: cannot say ready: {}", error_chain(&e));
         return 3;
     }
     let job = match ch.recv() {
         Ok(HostMsg::Run(job)) => job,
         Err(e) => {
-            eprintln!("tvm-agent: no job: {}", chain(&e));
+            eprintln!("tvm-agent: no job: {}", error_chain(&e));
             return 4;
         }
     };
     let reply = match job::run(&job, &mut |msg| ch.send(msg)) {
         Ok(report) => GuestMsg::Exit(report),
-        Err(e) => GuestMsg::Failed { message: chain(&e) },
+        Err(e) => GuestMsg::Failed {
+            message: error_chain(&e),
+        },
     };
     if let Err(e) = ch.send(reply) {
-        eprintln!("tvm-agent: cannot report: {}", chain(&e));
+        eprintln!("tvm-agent: cannot report: {}", error_chain(&e));
         return 5;
     }
     // The host normally destroys the VM as soon as it has the report; give it a
     // moment to do so, then power off by ourselves.
     std::thread::sleep(Duration::from_secs(2));
     0
-}
-
-/// Formats an error with its sources, once, for the host to log.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }

@@ -29,3 +29,16 @@ pub const VSOCK_PORT: u32 = 1024;
 pub const WORK_DIR: &str = "/work";
 /// The unprivileged uid/gid the job runs as inside the guest.
 pub const JOB_UID: u32 = 1000;
+
+/// Formats an error with its whole source chain on one line (`a: b: c`), for logs
+/// and for the `failed` message; shared by the host and the agent.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
