@@ -165,6 +165,7 @@ impl FirecrackerBackend {
             cgroup_mounts: self.cgroup_mounts.clone(),
             parent_cgroup: self.parent_cgroup.clone(),
             id: id.clone(),
+            done: false,
         };
         self.prepare_jail(&chroot, uid)?;
 
@@ -446,10 +447,17 @@ struct FcProcess {
     cgroup_mounts: Vec<PathBuf>,
     parent_cgroup: String,
     id: String,
+    /// Set once torn down, so a later drop does nothing.
+    done: bool,
 }
 
 impl FcProcess {
+    /// Kills, reaps and removes everything; blocks for at most `wait` (run it off the
+    /// async workers, see `kill_and_wait`).
     fn teardown(&mut self, wait: Duration) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
         let until = Instant::now() + wait;
         if let Some(pid) = self.pid.take() {
             if crate::runtime::cmdline_mentions(pid, &self.id) {
@@ -480,7 +488,18 @@ impl FcProcess {
 #[async_trait::async_trait]
 impl VmProcess for FcProcess {
     async fn kill_and_wait(&mut self) {
-        self.teardown(Duration::from_secs(2));
+        // Teardown polls and sleeps while the VMM's threads exit: keep that off the
+        // async worker threads.
+        let mut job = FcProcess {
+            pid: self.pid.take(),
+            vm_dir: self.vm_dir.clone(),
+            jail: self.jail.clone(),
+            cgroup_mounts: self.cgroup_mounts.clone(),
+            parent_cgroup: self.parent_cgroup.clone(),
+            id: self.id.clone(),
+            done: std::mem::replace(&mut self.done, true),
+        };
+        let _ = tokio::task::spawn_blocking(move || job.teardown(Duration::from_secs(2))).await;
     }
 
     fn pid(&self) -> Option<u32> {
