@@ -18,13 +18,7 @@ pub fn execute(
 ) -> anyhow::Result<Result<ExecuteResponse, (reqwest::StatusCode, ErrorBody)>> {
     let url = format!("{}/v1/execute", server.trim_end_matches('/'));
     rt()?.block_on(async {
-        let resp = with_auth(reqwest::Client::new().post(&url))
-            .json(req)
-            .send()
-            .await
-            .with_context(|| {
-                format!("cannot reach {url} (is the server running? `make run` starts one)")
-            })?;
+        let resp = post(&url, req).await?;
         let status = resp.status();
         let body = resp.bytes().await.context("reading the response")?;
         if status.is_success() {
@@ -32,13 +26,7 @@ pub fn execute(
                 serde_json::from_slice(&body).context("server sent an unexpected response")?
             ))
         } else {
-            let err: ErrorBody = serde_json::from_slice(&body).with_context(|| {
-                format!(
-                    "server answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            })?;
-            Ok(Err((status, err)))
+            Ok(Err((status, api_error(status, &body)?)))
         }
     })
 }
@@ -104,23 +92,11 @@ pub fn execute_stream(
     use futures_util::StreamExt;
     let url = format!("{}/v1/execute/stream", server.trim_end_matches('/'));
     rt()?.block_on(async {
-        let resp = with_auth(reqwest::Client::new().post(&url))
-            .json(req)
-            .send()
-            .await
-            .with_context(|| {
-                format!("cannot reach {url} (is the server running? `make run` starts one)")
-            })?;
+        let resp = post(&url, req).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.context("reading the response")?;
-            let err: ErrorBody = serde_json::from_slice(&body).with_context(|| {
-                format!(
-                    "server answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            })?;
-            return Ok(Err((status, err)));
+            return Ok(Err((status, api_error(status, &body)?)));
         }
         let mut parser = SseParser::default();
         let mut body = resp.bytes_stream();
@@ -140,6 +116,27 @@ pub fn execute_stream(
             }
         }
         anyhow::bail!("the server closed the stream before the exit event")
+    })
+}
+
+/// POSTs a request as JSON; a connection failure says how to start a server.
+async fn post(url: &str, req: &ExecuteRequest) -> anyhow::Result<reqwest::Response> {
+    with_auth(reqwest::Client::new().post(url))
+        .json(req)
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach {url} (is the server running? `make run` starts one)")
+        })
+}
+
+/// The `{"error": …}` body of a refusal, or the raw answer if it is not one.
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Result<ErrorBody> {
+    serde_json::from_slice(body).with_context(|| {
+        format!(
+            "server answered {status}: {}",
+            String::from_utf8_lossy(body)
+        )
     })
 }
 

@@ -269,24 +269,12 @@ fn execute(
                 }
                 Ok(ExitCode::from(code))
             }
-            Err((status, err)) => {
-                eprintln!(
-                    "tvm: server refused the request ({status}): {} ({})",
-                    err.error.message, err.error.code
-                );
-                Ok(ExitCode::from(if status.is_client_error() { 2 } else { 1 }))
-            }
+            Err((status, err)) => Ok(refused(status, &err)),
         };
     }
     let resp = match client::execute(server, &req)? {
         Ok(r) => r,
-        Err((status, err)) => {
-            eprintln!(
-                "tvm: server refused the request ({status}): {} ({})",
-                err.error.message, err.error.code
-            );
-            return Ok(ExitCode::from(if status.is_client_error() { 2 } else { 1 }));
-        }
+        Err((status, err)) => return Ok(refused(status, &err)),
     };
     print!("{}", resp.stdout);
     eprint!("{}", resp.stderr);
@@ -303,6 +291,15 @@ fn execute(
         eprintln!("tvm: {note}");
     }
     Ok(ExitCode::from(code))
+}
+
+/// Says why the server refused; 2 for a client error (usage), 1 otherwise.
+fn refused(status: reqwest::StatusCode, err: &tvm_api::ErrorBody) -> ExitCode {
+    eprintln!(
+        "tvm: server refused the request ({status}): {} ({})",
+        err.error.message, err.error.code
+    );
+    ExitCode::from(if status.is_client_error() { 2 } else { 1 })
 }
 
 /// The program's exit code when it exited; 128+N for signal N; 124 timeout (as
