@@ -361,6 +361,29 @@ pub struct OutputChunk {
     pub data: Vec<u8>,
 }
 
+/// Relays live output into a client-facing channel, mapping each chunk with `map`
+/// (`None` skips it). Returns `true` when the job's output ended, `false` when the
+/// client went away — then the caller drops `chunks`, which cancels the job and
+/// destroys its VM (see [`Executor::run`]).
+pub async fn relay_live<T>(
+    chunks: &mut mpsc::Receiver<OutputChunk>,
+    client: &mpsc::Sender<T>,
+    mut map: impl FnMut(OutputChunk) -> Option<T>,
+) -> bool {
+    loop {
+        let chunk = tokio::select! {
+            c = chunks.recv() => c,
+            _ = client.closed() => return false,
+        };
+        let Some(chunk) = chunk else { return true };
+        if let Some(item) = map(chunk) {
+            if client.send(item).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 enum Conversation {
     Exited(ExitReport, Output, Vm),
     /// The live receiver went away; the VM is already destroyed.

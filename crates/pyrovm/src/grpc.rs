@@ -18,7 +18,7 @@ use tvm_api::{
     RequestLimits,
 };
 
-use crate::core::{CoreError, OutputChunk};
+use crate::core::{relay_live, CoreError, OutputChunk};
 use crate::server::AppState;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
@@ -173,24 +173,16 @@ impl pb::execution_server::Execution for ExecutionService {
             tokio::spawn(async move { state.executor.run(admitted, cmd, Some(chunk_tx)).await });
         tokio::spawn(async move {
             use pb::execute_event::Event;
-            loop {
-                let chunk = tokio::select! {
-                    c = chunk_rx.recv() => c,
-                    // The client cancelled: dropping chunk_rx destroys the VM.
-                    _ = event_tx.closed() => return,
-                };
-                let Some(c) = chunk else { break };
+            let done = relay_live(&mut chunk_rx, &event_tx, |c| {
                 let event = match c.stream {
                     tvm_proto::Stream::Stdout => Event::Stdout(c.data),
                     tvm_proto::Stream::Stderr => Event::Stderr(c.data),
                 };
-                if event_tx
-                    .send(Ok(pb::ExecuteEvent { event: Some(event) }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                Some(Ok(pb::ExecuteEvent { event: Some(event) }))
+            })
+            .await;
+            if !done {
+                return; // the client cancelled: dropping chunk_rx destroys the VM
             }
             let last = match job.await {
                 Ok(resp) => Ok(pb::ExecuteEvent {

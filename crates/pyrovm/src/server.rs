@@ -24,7 +24,7 @@ use tvm_api::{
 };
 use tvm_proto::Stream;
 
-use crate::core::{CoreError, Executor, OutputChunk};
+use crate::core::{relay_live, CoreError, Executor, OutputChunk};
 use crate::middleware::{self, Tokens};
 
 #[derive(Debug)]
@@ -219,25 +219,16 @@ pub(crate) async fn execute_stream(
     tokio::spawn(async move {
         let mut out = Utf8Chunker::default();
         let mut err = Utf8Chunker::default();
-        loop {
-            let chunk = tokio::select! {
-                c = chunk_rx.recv() => c,
-                // The client went away: dropping chunk_rx cancels the job and its VM.
-                _ = event_tx.closed() => return,
-            };
-            let Some(chunk) = chunk else { break };
+        let done = relay_live(&mut chunk_rx, &event_tx, |chunk| {
             let (name, text) = match chunk.stream {
                 Stream::Stdout => ("stdout", out.push(&chunk.data)),
                 Stream::Stderr => ("stderr", err.push(&chunk.data)),
             };
-            if !text.is_empty()
-                && event_tx
-                    .send(Event::default().event(name).data(text))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
+            (!text.is_empty()).then(|| Event::default().event(name).data(text))
+        })
+        .await;
+        if !done {
+            return; // client gone: dropping chunk_rx cancels the job
         }
         for (name, rest) in [("stdout", out.finish()), ("stderr", err.finish())] {
             if !rest.is_empty() {
