@@ -4,7 +4,6 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde::Serialize;
 use tvm_api::LanguageTable;
@@ -78,6 +77,22 @@ pub struct PartReport {
     pub cached: bool,
     pub seconds: f64,
     pub bytes: u64,
+}
+
+impl PartReport {
+    /// Ends the part's progress step and reports what is at `path`.
+    fn done(key: String, path: PathBuf, cached: bool, step: Step) -> Self {
+        let seconds = step
+            .finish(if cached { "cached" } else { "built" })
+            .as_secs_f64();
+        Self {
+            key,
+            bytes: size(&path),
+            path,
+            cached,
+            seconds,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,14 +285,7 @@ fn kernel(opts: &BuildOptions) -> Result<PartReport, ImageError> {
     let out = dir.join("vmlinux");
     let mut step = Step::start("kernel");
     if out.is_file() && !opts.force {
-        let secs = step.finish("cached").as_secs_f64();
-        return Ok(PartReport {
-            key,
-            bytes: size(&out),
-            path: out,
-            cached: true,
-            seconds: secs,
-        });
+        return Ok(PartReport::done(key, out, true, step));
     }
     let work = opts.cache.join("build").join(format!("kernel-{key}"));
     let _ = fs::remove_dir_all(&work);
@@ -332,14 +340,7 @@ fn kernel(opts: &BuildOptions) -> Result<PartReport, ImageError> {
     fs::write(tmp.join("config"), &config).map_err(io("save .config"))?;
     replace_dir(&tmp, &dir)?;
     let _ = fs::remove_dir_all(&work);
-    let secs = step.finish("built").as_secs_f64();
-    Ok(PartReport {
-        key,
-        bytes: size(&out),
-        path: out,
-        cached: false,
-        seconds: secs,
-    })
+    Ok(PartReport::done(key, out, false, step))
 }
 
 /// Host apt sources usable for the rootfs suite (Debian hosts of the same suite), else none:
@@ -388,17 +389,7 @@ fn rootfs(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let secs = step.finish("cached").as_secs_f64();
-        return Ok((
-            PartReport {
-                key,
-                bytes: size(&out),
-                path: out,
-                cached: true,
-                seconds: secs,
-            },
-            versions,
-        ));
+        return Ok((PartReport::done(key, out, true, step), versions));
     }
     let work = opts.cache.join("build").join(format!("rootfs-{key}"));
     let _ = fs::remove_dir_all(&work);
@@ -453,17 +444,7 @@ fn rootfs(
     fs::write(tmp.join("versions.json"), json).map_err(io("write versions"))?;
     replace_dir(&tmp, &dir)?;
     let _ = fs::remove_dir_all(&work);
-    let secs = step.finish("built").as_secs_f64();
-    Ok((
-        PartReport {
-            key,
-            bytes: size(&out),
-            path: out,
-            cached: false,
-            seconds: secs,
-        },
-        versions,
-    ))
+    Ok((PartReport::done(key, out, false, step), versions))
 }
 
 fn tvm_proto_uid() -> u32 {
@@ -502,14 +483,7 @@ fn initramfs(opts: &BuildOptions) -> Result<PartReport, ImageError> {
     let out = dir.join("initramfs.cpio");
     let step = Step::start("initramfs");
     if out.is_file() && !opts.force {
-        let secs = step.finish("cached").as_secs_f64();
-        return Ok(PartReport {
-            key,
-            bytes: size(&out),
-            path: out,
-            cached: true,
-            seconds: secs,
-        });
+        return Ok(PartReport::done(key, out, true, step));
     }
     let tmp = temp_sibling(&dir);
     fs::create_dir_all(&tmp).map_err(io("create initramfs cache dir"))?;
@@ -518,15 +492,7 @@ fn initramfs(opts: &BuildOptions) -> Result<PartReport, ImageError> {
         .and_then(|mut w| std::io::Write::flush(&mut w))
         .map_err(io("write initramfs"))?;
     replace_dir(&tmp, &dir)?;
-    let secs = step.finish("built").as_secs_f64();
-    let _ = Duration::from_secs_f64(secs);
-    Ok(PartReport {
-        key,
-        bytes: size(&out),
-        path: out,
-        cached: false,
-        seconds: secs,
-    })
+    Ok(PartReport::done(key, out, false, step))
 }
 
 /// An ELF with no PT_INTERP program header (no dynamic loader needed).
