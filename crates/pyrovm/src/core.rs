@@ -133,11 +133,7 @@ impl Executor {
         let queued_ms = received.elapsed().as_millis() as u64;
         let spec = self.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb);
         let boot_started = Instant::now();
-        let pooled = self
-            .pool
-            .get()
-            .filter(|p| p.serves(&spec))
-            .and_then(|p| p.take(&spec));
+        let pooled = self.pool.get().and_then(|p| p.take(&spec));
         let started = match pooled {
             Some(vm) => Ok(vm),
             None => {

@@ -80,7 +80,8 @@ impl Pool {
         self.classes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A ready VM of this class, if any; a refill starts at once.
+    /// A ready VM of this class, if any (a miss is counted and a refill starts);
+    /// `None` without counting for a class the pool does not keep.
     pub fn take(self: &Arc<Self>, spec: &VmSpec) -> Option<Vm> {
         let vm = {
             let mut classes = self.lock();
@@ -95,11 +96,6 @@ impl Pool {
         }
         self.refill(spec);
         vm
-    }
-
-    /// Whether this spec is a pooled class at all.
-    pub fn serves(&self, spec: &VmSpec) -> bool {
-        self.lock().contains_key(spec)
     }
 
     /// Starts boots until ready + booting reaches the target.
