@@ -108,8 +108,34 @@ pub(crate) fn boot() -> Result<BootConfig, AgentError> {
     Ok(cfg)
 }
 
-/// Finds the virtio-serial port by name, or waits for the host on vsock.
-pub(crate) fn open_channel(cfg: &BootConfig) -> Result<File, AgentError> {
+/// Where connections to the host come from.
+pub(crate) enum Channel {
+    /// The virtio-serial port: one connection for the VM's whole life.
+    Serial(Option<File>),
+    /// A vsock listener: a snapshot restore resets connections, so the agent may
+    /// accept again (Firecracker resets every vsock connection on restore).
+    Vsock(std::os::fd::OwnedFd),
+}
+
+impl Channel {
+    /// The next connection; `None` once a serial port has been handed out.
+    pub(crate) fn next(&mut self) -> Result<Option<File>, AgentError> {
+        match self {
+            Channel::Serial(f) => Ok(f.take()),
+            Channel::Vsock(listener) => {
+                let conn = accept(std::os::fd::AsRawFd::as_raw_fd(listener))
+                    .map_err(nix_err("vsock accept"))?;
+                // SAFETY: `accept` returned a fresh descriptor that nothing else owns.
+                let owned =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn) };
+                Ok(Some(File::from(owned)))
+            }
+        }
+    }
+}
+
+/// Finds the virtio-serial port by name, or listens for the host on vsock.
+pub(crate) fn open_channel(cfg: &BootConfig) -> Result<Channel, AgentError> {
     match cfg.channel {
         ChannelKind::VirtioSerial => {
             let dev = find_virtio_port(
@@ -122,11 +148,12 @@ pub(crate) fn open_channel(cfg: &BootConfig) -> Result<File, AgentError> {
                     tvm_proto::VIRTIO_PORT_NAME
                 ))
             })?;
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(Path::new("/dev").join(&dev))
-                .map_err(sys_err(format!("open /dev/{dev}")))
+                .map_err(sys_err(format!("open /dev/{dev}")))?;
+            Ok(Channel::Serial(Some(f)))
         }
         ChannelKind::Vsock => {
             let fd = socket(
@@ -140,12 +167,7 @@ pub(crate) fn open_channel(cfg: &BootConfig) -> Result<File, AgentError> {
             bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(nix_err("vsock bind"))?;
             listen(&fd, Backlog::new(1).map_err(nix_err("backlog"))?)
                 .map_err(nix_err("vsock listen"))?;
-            let conn =
-                accept(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(nix_err("vsock accept"))?;
-            // SAFETY: `accept` returned a fresh descriptor that nothing else owns.
-            let owned =
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn) };
-            Ok(File::from(owned))
+            Ok(Channel::Vsock(fd))
         }
     }
 }

@@ -11,9 +11,19 @@ pub(crate) struct JobCgroup {
 }
 
 impl JobCgroup {
+    /// The job's cgroup (`job`).
     pub(crate) fn create(memory_bytes: u64, max_processes: u32) -> std::io::Result<Self> {
+        Self::create_named("job", memory_bytes, max_processes)
+    }
+
+    /// A cgroup named `name` under the root, with memory and pids limits.
+    pub(crate) fn create_named(
+        name: &str,
+        memory_bytes: u64,
+        max_processes: u32,
+    ) -> std::io::Result<Self> {
         fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory +pids")?;
-        let dir = PathBuf::from(ROOT).join("job");
+        let dir = PathBuf::from(ROOT).join(name);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("memory.max"), memory_bytes.to_string())?;
         // No swap exists, but be explicit; and kill the whole job on OOM.
@@ -37,6 +47,17 @@ impl JobCgroup {
     pub(crate) fn oom_killed(&self) -> bool {
         let events = fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
         parse_oom_kills(&events) > 0
+    }
+
+    /// Kills everything in it, waits (bounded) for it to empty, and removes it.
+    pub(crate) fn remove(self) {
+        self.kill_all();
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

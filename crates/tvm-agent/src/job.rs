@@ -223,7 +223,7 @@ pub(crate) fn run(
     })
 }
 
-fn default_env() -> [(&'static str, &'static str); 6] {
+pub(crate) fn default_env() -> [(&'static str, &'static str); 6] {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", WORK_DIR),
@@ -235,7 +235,7 @@ fn default_env() -> [(&'static str, &'static str); 6] {
 }
 
 /// Between fork and exec: join the cgroup, new session, drop to the job user, limits.
-fn drop_into_sandbox(procs_fd: i32, fsize: u64) -> std::io::Result<()> {
+pub(crate) fn drop_into_sandbox(procs_fd: i32, fsize: u64) -> std::io::Result<()> {
     fn check(rc: libc::c_int) -> std::io::Result<()> {
         if rc < 0 {
             Err(std::io::Error::last_os_error())

@@ -7,6 +7,7 @@ mod boot;
 mod cgroup;
 mod job;
 mod sys;
+mod warm;
 
 use std::time::Duration;
 
@@ -42,6 +43,40 @@ pub(crate) fn nix_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Age
     }
 }
 
+fn ready() -> GuestMsg {
+    GuestMsg::Ready {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_ms: sys::uptime_ms(),
+    }
+}
+
+/// Says ready, answers warm-up and resume requests (each with another ready), and
+/// returns the one job.
+fn serve_until_job<T: std::io::Read + std::io::Write>(
+    ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
+) -> Result<Box<tvm_proto::Job>, tvm_proto::CodecError> {
+    ch.send(ready())?;
+    loop {
+        match ch.recv()? {
+            HostMsg::Run(job) => return Ok(job),
+            HostMsg::Warm(w) => {
+                let ok = warm::warm(&w);
+                if ok < w.commands.len() {
+                    eprintln!(
+                        "tvm-agent: {ok} of {} warm-up commands succeeded",
+                        w.commands.len()
+                    );
+                }
+                ch.send(ready())?;
+            }
+            HostMsg::Resume(r) => {
+                warm::resume(&r);
+                ch.send(ready())?;
+            }
+        }
+    }
+}
+
 /// Boot, serve one job, return an exit code if anything went wrong before reporting.
 pub fn run_as_init() -> i32 {
     let cfg = match boot::boot() {
@@ -51,26 +86,33 @@ pub fn run_as_init() -> i32 {
             return 1;
         }
     };
-    let channel = match boot::open_channel(&cfg) {
+    let mut channel = match boot::open_channel(&cfg) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tvm-agent: {}", error_chain(&e));
             return 2;
         }
     };
-    let mut ch: BlockingChannel<_, HostMsg, GuestMsg> = BlockingChannel::new(channel);
-    if let Err(e) = ch.send(GuestMsg::Ready {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        boot_ms: sys::uptime_ms(),
-    }) {
-        eprintln!("tvm-agent: cannot say ready: {}", error_chain(&e));
-        return 3;
-    }
-    let job = match ch.recv() {
-        Ok(HostMsg::Run(job)) => job,
-        Err(e) => {
-            eprintln!("tvm-agent: no job: {}", error_chain(&e));
-            return 4;
+    // One connection at a time; a vsock connection reset by a snapshot restore
+    // before any job arrived is replaced by the next one.
+    let (mut ch, job) = loop {
+        let conn = match channel.next() {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                eprintln!("tvm-agent: host channel closed before a job");
+                return 4;
+            }
+            Err(e) => {
+                eprintln!("tvm-agent: {}", error_chain(&e));
+                return 2;
+            }
+        };
+        let mut ch: BlockingChannel<_, HostMsg, GuestMsg> = BlockingChannel::new(conn);
+        match serve_until_job(&mut ch) {
+            Ok(job) => break (ch, job),
+            Err(e) => {
+                eprintln!("tvm-agent: no job on this connection: {}", error_chain(&e));
+            }
         }
     };
     let reply = match job::run(&job, &mut |msg| ch.send(msg)) {

@@ -21,7 +21,9 @@ pub(crate) fn set_clock(unix_ns: u64) -> nix::Result<()> {
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
 }
 
-/// Mixes host-provided bytes into the kernel RNG and credits them (RNDADDENTROPY).
+/// Mixes host-provided bytes into the kernel RNG, credits them (RNDADDENTROPY), and
+/// forces a reseed of the kernel's CRNG (RNDRESEEDCRNG): without the reseed a
+/// restored clone would keep drawing from the snapshot's CRNG key for up to a minute.
 pub(crate) fn add_entropy(bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
@@ -54,6 +56,12 @@ pub(crate) fn add_entropy(bytes: &[u8]) -> std::io::Result<()> {
         )
     };
     if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // RNDRESEEDCRNG = _IO('R', 0x07)
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: the fd is open; RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

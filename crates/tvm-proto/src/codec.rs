@@ -178,6 +178,26 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_messages_round_trip() {
+        let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
+        let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
+        for msg in [
+            HostMsg::Warm(crate::WarmUp {
+                commands: vec![vec!["/usr/bin/python3".into(), "-c".into(), "pass".into()]],
+                timeout_ms: 5000,
+            }),
+            HostMsg::Resume(crate::Resume {
+                clock_unix_ns: 1_700_000_000_000_000_000,
+                entropy: vec![7; 64],
+            }),
+        ] {
+            let mut buf = BytesMut::new();
+            host.encode(msg.clone(), &mut buf).unwrap();
+            assert_eq!(guest.decode(&mut buf).unwrap(), Some(msg));
+        }
+    }
+
+    #[test]
     fn partial_frame_waits_for_more() {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
@@ -193,14 +213,18 @@ mod tests {
     #[test]
     fn rejects_other_versions() {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
-        let payload = br#"{"v":2,"msg":{"type":"run"}}"#;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        buf.extend_from_slice(payload);
-        assert!(matches!(
-            guest.decode(&mut buf),
-            Err(CodecError::Version { got: 2 })
-        ));
+        for (payload, got) in [
+            (&br#"{"v":1,"msg":{"type":"run"}}"#[..], 1),
+            (br#"{"v":3,"msg":{"type":"run"}}"#, 3),
+        ] {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            buf.extend_from_slice(payload);
+            assert!(
+                matches!(guest.decode(&mut buf), Err(CodecError::Version { got: g }) if g == got),
+                "{payload:?}"
+            );
+        }
     }
 
     #[test]
@@ -217,9 +241,11 @@ mod tests {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         for payload in [
             &b"\x00\x01garbage"[..],
-            br#"{"v":1,"msg":{"type":"run"}}"#,
-            br#"{"v":1,"msg":{"type":"shutdown"}}"#,
-            br#"{"v":1,"msg":null,"extra":1}"#,
+            br#"{"v":2,"msg":{"type":"run"}}"#,
+            br#"{"v":2,"msg":{"type":"shutdown"}}"#,
+            br#"{"v":2,"msg":null,"extra":1}"#,
+            br#"{"v":2,"msg":{"type":"resume","clock_unix_ns":1}}"#,
+            br#"{"v":2,"msg":{"type":"warm","commands":[],"timeout_ms":1,"x":0}}"#,
         ] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());

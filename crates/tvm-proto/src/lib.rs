@@ -9,6 +9,13 @@
 //! A conversation is: guest sends [`GuestMsg::Ready`]; host sends one
 //! [`HostMsg::Run`]; guest streams [`GuestMsg::Output`] frames and ends with one
 //! [`GuestMsg::Exit`] (or [`GuestMsg::Failed`] if the job could not be started).
+//!
+//! Snapshot templates and clones add two exchanges before the job, each answered
+//! by another `Ready`: [`HostMsg::Warm`] (template only: fill the page cache with
+//! fixed commands, then the host snapshots the VM while the agent waits) and
+//! [`HostMsg::Resume`] (every clone: set the clock, add host entropy and reseed the
+//! kernel RNG, so no two clones share random state). Under vsock a restore resets
+//! the connection; the agent then accepts a new one and says `Ready` again.
 
 mod codec;
 mod messages;
@@ -16,8 +23,8 @@ mod paths;
 
 pub use codec::{decode_payload, BlockingChannel, CodecError, FrameCodec, MAX_FRAME_BYTES};
 pub use messages::{
-    Envelope, ExitReport, GuestMsg, HostMsg, Job, JobFile, JobLimits, Outcome, Stream,
-    PROTOCOL_VERSION,
+    Envelope, ExitReport, GuestMsg, HostMsg, Job, JobFile, JobLimits, Outcome, Resume, Stream,
+    WarmUp, PROTOCOL_VERSION,
 };
 pub use paths::{check_relative_path, PathError};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire format; a frame with any other version is rejected.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What travels in every frame: the version and one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +19,34 @@ pub struct Envelope<M> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMsg {
-    /// Run one job. The agent accepts exactly one per boot.
+    /// Run one job. The agent accepts exactly one per boot, and powers off after it.
     Run(Box<Job>),
+    /// Before a snapshot: run these fixed commands (never user code) so the files the
+    /// language runtimes start from are in the guest's page cache; answered by `Ready`.
+    Warm(WarmUp),
+    /// After a restore: make this clone unique (clock, RNG reseed); answered by `Ready`.
+    Resume(Resume),
+}
+
+/// Commands run by the agent as the job user, output discarded, each bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmUp {
+    /// Absolute program path and arguments, one entry per command.
+    pub commands: Vec<Vec<String>>,
+    /// Deadline for each command; it is killed (with its children) after it.
+    pub timeout_ms: u64,
+}
+
+/// What a restored clone needs before it may run anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// Host wall clock, nanoseconds since the Unix epoch.
+    pub clock_unix_ns: u64,
+    /// Fresh host random bytes: mixed into the kernel RNG, which is then reseeded.
+    #[serde(with = "b64")]
+    pub entropy: Vec<u8>,
 }
 
 /// Guest → host.
