@@ -9,7 +9,9 @@
 pub mod accel;
 pub mod firecracker;
 pub mod qemu;
+mod qmp;
 pub mod runtime;
+pub mod snapshot;
 mod tsc;
 pub mod uds;
 pub mod vsock;
@@ -21,6 +23,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use tvm_proto::{FrameCodec, GuestMsg, HostMsg};
 
+pub use snapshot::{Snapshot, WarmSpec};
 pub use tsc::host_tsc_khz;
 
 /// The three files every VM boots from.
@@ -81,6 +84,8 @@ pub enum VmmError {
     Api(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -132,4 +137,24 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Boots a VM and waits (bounded) for its agent; retries a hung boot once.
     async fn start(&self, spec: &VmSpec) -> Result<Vm, VmmError>;
+
+    /// Boots a template of this class, runs the warm-up in it, and freezes it into
+    /// a [`Snapshot`] on tmpfs. The template VM is gone when this returns.
+    async fn snapshot(&self, spec: &VmSpec, warm: &WarmSpec) -> Result<Snapshot, VmmError> {
+        let _ = (spec, warm);
+        Err(VmmError::Unavailable(format!(
+            "{} cannot make snapshots",
+            self.name()
+        )))
+    }
+
+    /// Starts a clone from a snapshot this backend made; the clone has been made
+    /// unique (clock, RNG) and its agent has said ready when this returns.
+    async fn restore(&self, snapshot: &Snapshot) -> Result<Vm, VmmError> {
+        let _ = snapshot;
+        Err(VmmError::Unavailable(format!(
+            "{} cannot restore snapshots",
+            self.name()
+        )))
+    }
 }

@@ -3,7 +3,11 @@
 //! ```text
 //! <root>/<instance-id>/owner        "<pid> <starttime>" of the service instance
 //! <root>/<instance-id>/vms/<vm-id>/ vmm.pid, console.log, vmm.log, agent.sock
+//! <snapshots>/<snapshot-id>/         memory, state (VM snapshots, kept in RAM)
 //! ```
+//! `<snapshots>` is `<root>/<instance-id>/snapshots` when the root is on tmpfs, else
+//! `/dev/shm/tvm/<instance-id>` (with its own `owner` file, reaped the same way),
+//! so a snapshot never lands on a disk.
 //! Everything is 0700. On start, [`Runtime::create`] reaps instances whose owner is
 //! gone: it kills their VMM processes (checked by command line, so a reused pid is
 //! never killed) and removes their directories. Dropping the `Runtime` removes its
@@ -24,6 +28,19 @@ pub const VMM_PID_FILE: &str = "vmm.pid";
 #[derive(Debug)]
 pub struct Runtime {
     dir: PathBuf,
+    snapshots: PathBuf,
+    /// The snapshot root outside `dir` (on /dev/shm), removed with it.
+    shm_dir: Option<PathBuf>,
+}
+
+/// Where snapshots go when the runtime root is not on tmpfs.
+pub const SHM_ROOT: &str = "/dev/shm/tvm";
+
+/// Whether `p` is on a tmpfs (RAM-backed).
+pub fn on_tmpfs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// What a start-up reap removed.
@@ -53,15 +70,52 @@ impl Runtime {
     /// Reaps what crashed instances left under `root`, then makes this instance's dir.
     pub fn create(root: &Path) -> Result<(Self, ReapReport), VmmError> {
         mkdir_private(root)?;
-        let report = reap_stale(root);
+        let mut report = reap_stale(root);
         let dir = root.join(ulid::Ulid::new().to_string().to_lowercase());
         mkdir_private(&dir)?;
         mkdir_private(&dir.join("vms"))?;
         let me = std::process::id();
         let start = process_start_time(me).unwrap_or_default();
-        fs::write(dir.join("owner"), format!("{me} {start}\n"))
+        let owner = format!("{me} {start}\n");
+        fs::write(dir.join("owner"), &owner)
             .map_err(io_err(format!("write {}", dir.join("owner").display())))?;
-        Ok((Self { dir }, report))
+        let (snapshots, shm_dir) = if on_tmpfs(&dir) {
+            (dir.join("snapshots"), None)
+        } else {
+            let shm_root = Path::new(SHM_ROOT);
+            // Reaping what a crashed instance left on /dev/shm is as important as on disk.
+            if mkdir_private(shm_root).is_ok() {
+                let r = reap_stale(shm_root);
+                report.instances += r.instances;
+            }
+            let shm = shm_root.join(dir.file_name().unwrap_or_default());
+            (shm.join("snapshots"), Some(shm))
+        };
+        let rt = Self {
+            dir,
+            snapshots,
+            shm_dir,
+        };
+        if let Some(shm) = &rt.shm_dir {
+            mkdir_private(shm)?;
+            fs::write(shm.join("owner"), &owner)
+                .map_err(io_err(format!("write {}", shm.join("owner").display())))?;
+        }
+        Ok((rt, report))
+    }
+
+    /// Makes a fresh, private directory for one snapshot (on tmpfs).
+    pub fn snapshot_dir(&self, id: &str) -> Result<PathBuf, VmmError> {
+        let d = self.snapshots.join(id);
+        mkdir_private(&d)?;
+        Ok(d)
+    }
+
+    /// Snapshot directories that currently exist (for tests and leak checks).
+    pub fn snapshot_dirs(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.snapshots)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     pub fn dir(&self) -> &Path {
@@ -90,6 +144,9 @@ impl Drop for Runtime {
         }
         remove_instance_cgroups(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
+        if let Some(shm) = &self.shm_dir {
+            let _ = fs::remove_dir_all(shm);
+        }
     }
 }
 
@@ -211,9 +268,16 @@ mod tests {
             fs::metadata(&vm).unwrap().permissions().mode() & 0o777,
             0o700
         );
+        let snap = rt.snapshot_dir("s1").unwrap();
+        assert!(on_tmpfs(&snap), "snapshots live in RAM: {}", snap.display());
+        assert_eq!(
+            fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let dir = rt.dir().to_path_buf();
         drop(rt);
         assert!(!dir.exists());
+        assert!(!snap.exists());
     }
 
     #[test]

@@ -21,7 +21,11 @@ use tvm_proto::{FrameCodec, GuestMsg};
 
 use crate::accel::{Accel, AccelChoice};
 use crate::runtime::{Runtime, VMM_PID_FILE};
-use crate::{io_err, GuestImage, Vm, VmProcess, VmSpec, Vmm, VmmError};
+use crate::{
+    io_err, AgentChannel, GuestImage, Snapshot, Vm, VmProcess, VmSpec, Vmm, VmmError, WarmSpec,
+};
+
+mod snapshot;
 
 /// Settings of the QEMU backend.
 #[derive(Debug, Clone)]
@@ -76,7 +80,8 @@ impl QemuBackend {
         })
     }
 
-    async fn boot_once(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
+    /// Spawns QEMU with its own VM dir and listeners; nothing is awaited yet.
+    fn spawn(&self, spec: &VmSpec, how: Launch<'_>) -> Result<Launched, VmmError> {
         let id = ulid::Ulid::new().to_string().to_lowercase();
         let dir = self.runtime.vm_dir(&id)?;
         // From here on the guard owns the dir: any early return removes it.
@@ -84,18 +89,29 @@ impl QemuBackend {
             child: None,
             dir: dir.clone(),
         };
-        let sock = dir.join("agent.sock");
-        let listener = crate::uds::SocketPath::new(&sock)
-            .and_then(|at| UnixListener::bind(at.path()))
-            .map_err(io_err(format!("bind {}", sock.display())))?;
+        let bind = |name: &str| {
+            let sock = dir.join(name);
+            crate::uds::SocketPath::new(&sock)
+                .and_then(|at| UnixListener::bind(at.path()))
+                .map_err(io_err(format!("bind {}", sock.display())))
+        };
+        let agent = bind("agent.sock")?;
+        let qmp = if how.qmp {
+            Some(bind("qmp.sock")?)
+        } else {
+            None
+        };
         let args = command_line(&QemuArgs {
             image: &self.cfg.image,
             accel: self.cfg.accel.accel,
             vcpus: spec.vcpus,
             memory_mb: spec.memory_mb,
-            agent_socket: &sock,
+            agent_socket: &dir.join("agent.sock"),
             console_log: &dir.join("console.log"),
             tsc_khz: self.tsc_khz,
+            memory: how.memory,
+            qmp_socket: how.qmp.then(|| dir.join("qmp.sock")).as_deref(),
+            incoming: how.incoming.is_some(),
         });
         let log = std::fs::File::create(dir.join("vmm.log")).map_err(io_err("create vmm.log"))?;
         let mut cmd = Command::new(&self.cfg.binary);
@@ -105,7 +121,9 @@ impl QemuBackend {
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid, _exit).
+        let incoming = how.incoming.map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid,
+        // dup2, fcntl, _exit) on plain values; `incoming` stays open until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -114,6 +132,16 @@ impl QemuBackend {
                 // The service may have died between fork and prctl.
                 if libc::getppid() != parent {
                     libc::_exit(1);
+                }
+                if let Some(fd) = incoming {
+                    // The snapshot's state file becomes fd 3 (`-incoming` reads `fd:3`).
+                    if fd == INCOMING_FD {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, INCOMING_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -127,50 +155,143 @@ impl QemuBackend {
                 .map_err(io_err("write vmm.pid"))?;
         }
         proc.child = Some(child);
+        Ok(Launched {
+            id,
+            dir,
+            proc,
+            agent,
+            qmp,
+            started,
+        })
+    }
 
-        let timeout = self.cfg.boot_timeout;
-        let waited = tokio::time::timeout(timeout, async {
-            let child = proc
-                .child
-                .as_mut()
-                .ok_or_else(|| VmmError::Protocol("no child".into()))?;
-            let stream = tokio::select! {
-                r = listener.accept() => r.map_err(io_err("accept agent channel"))?.0,
-                st = child.wait() => return Err(exited(st, &dir)),
-            };
-            let _ = std::fs::remove_file(&sock);
-            let mut framed = Framed::new(stream, FrameCodec::new());
-            let first = tokio::select! {
-                m = framed.next() => m,
-                st = child.wait() => return Err(exited(st, &dir)),
-            };
-            match first {
-                Some(Ok(GuestMsg::Ready { boot_ms, .. })) => Ok((framed, boot_ms)),
-                Some(Ok(other)) => Err(VmmError::Protocol(format!("{other:?}"))),
-                Some(Err(e)) => Err(VmmError::Channel(e)),
-                None => Err(VmmError::Channel(tvm_proto::CodecError::Closed)),
+    async fn boot_once(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
+        let mut l = self.spawn(
+            spec,
+            Launch {
+                memory: GuestMemory::Anonymous,
+                qmp: false,
+                incoming: None,
+            },
+        )?;
+        let deadline = l.started + self.cfg.boot_timeout;
+        let (channel, guest_boot_ms) = l.agent_ready(deadline, self.cfg.boot_timeout).await?;
+        Ok(l.into_vm(channel, guest_boot_ms))
+    }
+}
+
+/// How to start QEMU.
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    pub memory: GuestMemory<'a>,
+    /// Open a QMP monitor (QEMU connects to our listener).
+    pub qmp: bool,
+    /// Start with `-incoming defer`; this file becomes fd 3 for `migrate-incoming`.
+    pub incoming: Option<&'a std::fs::File>,
+}
+
+/// fd number the snapshot state file has in a restoring QEMU.
+pub(crate) const INCOMING_FD: i32 = 3;
+
+/// A spawned QEMU whose connections have not been accepted yet.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub id: String,
+    pub dir: PathBuf,
+    pub proc: QemuProcess,
+    pub agent: UnixListener,
+    pub qmp: Option<UnixListener>,
+    pub started: Instant,
+}
+
+impl Launched {
+    /// Accepts a connection QEMU makes at start-up, or reports that it exited.
+    pub(crate) async fn accept(
+        &mut self,
+        which: Which,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<tokio::net::UnixStream, VmmError> {
+        let listener = match which {
+            Which::Agent => &self.agent,
+            Which::Qmp => self
+                .qmp
+                .as_ref()
+                .ok_or_else(|| VmmError::Protocol("no QMP listener".into()))?,
+        };
+        let child = self
+            .proc
+            .child
+            .as_mut()
+            .ok_or_else(|| VmmError::Protocol("no child".into()))?;
+        let r = tokio::time::timeout_at(deadline.into(), async {
+            tokio::select! {
+                r = listener.accept() => r.map(|(s, _)| s).map_err(io_err("accept a QEMU connection")),
+                st = child.wait() => Err(exited(st, &self.dir)),
             }
         })
         .await;
-        drop(listener);
-        let _ = std::fs::remove_file(&sock);
-        let (channel, guest_boot_ms) = match waited {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(VmmError::BootTimeout {
-                    timeout,
-                    console_tail: tail(&dir.join("console.log"), 600),
-                })
-            }
-        };
-        Ok(Vm {
-            id,
-            channel,
-            boot_time: started.elapsed(),
-            guest_boot_ms,
-            process: Box::new(proc),
-        })
+        let sock = self.dir.join(match which {
+            Which::Agent => "agent.sock",
+            Which::Qmp => "qmp.sock",
+        });
+        let _ = std::fs::remove_file(sock);
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(VmmError::BootTimeout {
+                timeout,
+                console_tail: tail(&self.dir.join("console.log"), 600),
+            }),
+        }
     }
+
+    /// Accepts the agent channel and waits for the agent's first `Ready`.
+    pub(crate) async fn agent_ready(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(AgentChannel, u64), VmmError> {
+        let stream = self.accept(Which::Agent, deadline, timeout).await?;
+        let mut framed = Framed::new(stream, FrameCodec::new());
+        let child = self
+            .proc
+            .child
+            .as_mut()
+            .ok_or_else(|| VmmError::Protocol("no child".into()))?;
+        let first = tokio::time::timeout_at(deadline.into(), async {
+            tokio::select! {
+                m = framed.next() => Ok(m),
+                st = child.wait() => Err(exited(st, &self.dir)),
+            }
+        })
+        .await
+        .map_err(|_| VmmError::BootTimeout {
+            timeout,
+            console_tail: tail(&self.dir.join("console.log"), 600),
+        })??;
+        match first {
+            Some(Ok(GuestMsg::Ready { boot_ms, .. })) => Ok((framed, boot_ms)),
+            Some(Ok(other)) => Err(VmmError::Protocol(format!("{other:?}"))),
+            Some(Err(e)) => Err(VmmError::Channel(e)),
+            None => Err(VmmError::Channel(tvm_proto::CodecError::Closed)),
+        }
+    }
+
+    pub(crate) fn into_vm(self, channel: AgentChannel, guest_boot_ms: u64) -> Vm {
+        Vm {
+            id: self.id,
+            channel,
+            boot_time: self.started.elapsed(),
+            guest_boot_ms,
+            process: Box::new(self.proc),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Which {
+    Agent,
+    Qmp,
 }
 
 fn exited(st: std::io::Result<std::process::ExitStatus>, dir: &Path) -> VmmError {
@@ -199,22 +320,42 @@ impl Vmm for QemuBackend {
             other => other,
         }
     }
+
+    async fn snapshot(&self, spec: &VmSpec, warm: &WarmSpec) -> Result<Snapshot, VmmError> {
+        match snapshot::make(self, spec, warm).await {
+            Err(e @ (VmmError::BootTimeout { .. } | VmmError::ExitedDuringBoot { .. })) => {
+                tracing::warn!(error = %e, "template boot failed; retrying once");
+                snapshot::make(self, spec, warm).await
+            }
+            other => other,
+        }
+    }
+
+    async fn restore(&self, snap: &Snapshot) -> Result<Vm, VmmError> {
+        snapshot::restore(self, snap).await
+    }
 }
 
 /// Owns one QEMU process and its VM dir; killing is idempotent and also runs on drop.
 #[derive(Debug)]
-struct QemuProcess {
+pub(crate) struct QemuProcess {
     child: Option<Child>,
     dir: PathBuf,
+}
+
+impl QemuProcess {
+    pub(crate) async fn kill_and_wait_inner(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[async_trait::async_trait]
 impl VmProcess for QemuProcess {
     async fn kill_and_wait(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.kill_and_wait_inner().await;
     }
 
     fn pid(&self) -> Option<u32> {
@@ -258,6 +399,24 @@ pub struct QemuArgs<'a> {
     pub agent_socket: &'a Path,
     pub console_log: &'a Path,
     pub tsc_khz: Option<u64>,
+    pub memory: GuestMemory<'a>,
+    /// QMP monitor socket QEMU connects to, if any.
+    pub qmp_socket: Option<&'a Path>,
+    /// Wait for the device state with `-incoming defer`.
+    pub incoming: bool,
+}
+
+/// Where guest RAM comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMemory<'a> {
+    /// Ordinary anonymous memory (a cold boot).
+    Anonymous,
+    /// A snapshot template: RAM is this file, mapped shared, so it holds the
+    /// template's memory when the template is frozen.
+    SharedFile(&'a Path),
+    /// A clone: the template's file mapped privately (copy-on-write): clones share
+    /// every page they do not write.
+    PrivateFile(&'a Path),
 }
 
 /// The kernel command line. `tsc_early_khz` stops random `calibrate_delay` hangs under TCG.
@@ -276,7 +435,16 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
     let mut v: Vec<OsString> = Vec::new();
     let mut push = |s: &str| v.push(s.into());
     push("-M");
-    push("microvm,x-option-roms=off,isa-serial=on,rtc=on");
+    let (file, share) = match a.memory {
+        GuestMemory::Anonymous => (None, false),
+        GuestMemory::SharedFile(p) => (Some(p), true),
+        GuestMemory::PrivateFile(p) => (Some(p), false),
+    };
+    if file.is_some() {
+        push("microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem");
+    } else {
+        push("microvm,x-option-roms=off,isa-serial=on,rtc=on");
+    }
     match a.accel {
         Accel::Kvm => {
             push("-accel");
@@ -312,6 +480,26 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
     v.push(a.image.initramfs.clone().into_os_string());
     v.push("-append".into());
     v.push(kernel_cmdline(a.accel, a.tsc_khz).into());
+    if let Some(p) = file {
+        v.push("-object".into());
+        let mut o = OsString::from(format!(
+            "memory-backend-file,id=mem,size={}M,share={},mem-path=",
+            a.memory_mb,
+            if share { "on" } else { "off" }
+        ));
+        o.push(escape_commas(p));
+        v.push(o);
+    }
+    if let Some(q) = a.qmp_socket {
+        v.push("-chardev".into());
+        v.push(prefixed("socket,id=qmp,path=", q));
+        v.push("-mon".into());
+        v.push("chardev=qmp,mode=control".into());
+    }
+    if a.incoming {
+        v.push("-incoming".into());
+        v.push("defer".into());
+    }
     v.push("-serial".into());
     v.push(prefixed("file:", a.console_log));
     v.push("-drive".into());
@@ -342,6 +530,19 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
     v
 }
 
+/// QEMU's option syntax escapes a comma in a value by doubling it.
+fn escape_commas(p: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
 fn prefixed(prefix: &str, p: &Path) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(p.as_os_str());
@@ -353,6 +554,10 @@ mod tests {
     use super::*;
 
     fn args(accel: Accel) -> Vec<String> {
+        args_with(accel, GuestMemory::Anonymous)
+    }
+
+    fn args_with(accel: Accel, memory: GuestMemory<'_>) -> Vec<String> {
         let image = GuestImage {
             kernel: "/img/vmlinux".into(),
             initramfs: "/img/initramfs.cpio".into(),
@@ -366,6 +571,9 @@ mod tests {
             agent_socket: Path::new("/run/tvm/i/vms/v/agent.sock"),
             console_log: Path::new("/run/tvm/i/vms/v/console.log"),
             tsc_khz: Some(2_445_432),
+            memory,
+            qmp_socket: None,
+            incoming: false,
         })
         .into_iter()
         .map(|s| s.into_string().unwrap())
@@ -390,6 +598,25 @@ mod tests {
         assert!(after(&v, "-sandbox")[0].contains("spawn=deny"));
         assert!(after(&v, "-drive")[0].contains("readonly=on"));
         assert!(v.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn snapshot_memory_files() {
+        let tpl = args_with(
+            Accel::Tcg,
+            GuestMemory::SharedFile(Path::new("/dev/shm/t,1/memory")),
+        );
+        assert!(after(&tpl, "-M")[0].ends_with(",memory-backend=mem"));
+        assert_eq!(
+            after(&tpl, "-object"),
+            ["memory-backend-file,id=mem,size=384M,share=on,mem-path=/dev/shm/t,,1/memory"]
+        );
+        let clone = args_with(Accel::Tcg, GuestMemory::PrivateFile(Path::new("/s/memory")));
+        assert!(after(&clone, "-object")[0].contains("share=off"));
+        let cold = args(Accel::Tcg);
+        assert!(after(&cold, "-object").is_empty());
+        assert!(!after(&cold, "-M")[0].contains("memory-backend"));
+        assert!(after(&cold, "-incoming").is_empty() && after(&cold, "-mon").is_empty());
     }
 
     #[test]
