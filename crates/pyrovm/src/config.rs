@@ -54,6 +54,8 @@ pub struct Config {
     pub pool: Vec<crate::pool::PoolClass>,
     /// Pool boots running at once (default: cores).
     pub pool_parallel_boots: usize,
+    /// Snapshot clones for the pool classes: `[snapshot] enabled, warm, warm_timeout_ms`.
+    pub snapshot: SnapshotConfig,
     /// Tokens in force: from `token_file` and `TVM_TOKENS`, filled in by the binary.
     #[serde(skip)]
     pub tokens: Vec<String>,
@@ -88,10 +90,50 @@ impl Default for Config {
                 size: 2,
             }],
             pool_parallel_boots: cores,
+            snapshot: SnapshotConfig::default(),
             insecure_no_auth: false,
             tokens: Vec::new(),
             limits: LimitBounds::default(),
         }
+    }
+}
+
+/// Snapshot clones: at start-up each pool class (also one of size 0) gets a
+/// template VM that is booted, warmed with `warm`, and frozen on tmpfs; its VMs are
+/// then restored from it instead of booted. Nothing is kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    /// Commands the template runs before it is frozen, so the language runtimes'
+    /// files are in its page cache (absolute paths inside the guest).
+    pub warm: Vec<Vec<String>>,
+    /// Deadline per warm-up command.
+    pub warm_timeout_ms: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Self {
+            enabled: true,
+            warm: vec![
+                cmd(&["/usr/bin/python3", "-c", "import random, json, os"]),
+                cmd(&["/usr/bin/node", "-e", "0"]),
+                cmd(&["/bin/bash", "-c", ":"]),
+            ],
+            warm_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// The warm-up the pool hands the backend, or `None` when snapshots are off.
+    pub fn warm_spec(&self) -> Option<tvm_vmm::WarmSpec> {
+        self.enabled.then(|| tvm_vmm::WarmSpec {
+            commands: self.warm.clone(),
+            per_command: std::time::Duration::from_millis(self.warm_timeout_ms),
+        })
     }
 }
 

@@ -52,12 +52,14 @@ impl Executor {
     }
 
     /// Starts the warm pool for these classes (needs a tokio runtime); once.
+    /// With `snapshots`, each class is first snapshotted and its VMs are clones.
     pub fn start_pool(
         &self,
         classes: &[crate::pool::PoolClass],
         parallel_boots: usize,
+        snapshots: Option<tvm_vmm::WarmSpec>,
     ) -> Option<Arc<crate::pool::Pool>> {
-        if classes.iter().all(|c| c.size == 0) {
+        if classes.is_empty() || (snapshots.is_none() && classes.iter().all(|c| c.size == 0)) {
             return None;
         }
         let specs = classes
@@ -69,6 +71,7 @@ impl Executor {
             specs,
             parallel_boots,
             self.metrics.clone(),
+            snapshots,
         );
         self.pool.set(pool.clone()).ok()?;
         Some(pool)
@@ -133,12 +136,20 @@ impl Executor {
         let queued_ms = received.elapsed().as_millis() as u64;
         let spec = self.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb);
         let boot_started = Instant::now();
-        let pooled = self.pool.get().and_then(|p| p.take(&spec));
-        let started = match pooled {
-            Some(vm) => Ok(vm),
-            None => {
+        let pool = self.pool.get();
+        let pooled = pool.and_then(|p| p.take(&spec));
+        let started = match (pooled, pool) {
+            (Some(vm), _) => Ok(vm),
+            (None, Some(pool)) => pool.fresh(&spec).await,
+            (None, None) => {
                 self.metrics.vm_boots.inc();
-                self.vmm.start(&spec).await
+                let r = self.vmm.start(&spec).await;
+                if let Ok(vm) = &r {
+                    self.metrics
+                        .boot_seconds
+                        .observe(vm.boot_time.as_secs_f64());
+                }
+                r
             }
         };
         let vm = match started {
@@ -152,9 +163,6 @@ impl Executor {
             }
         };
         let vm_start_ms = boot_started.elapsed().as_millis() as u64;
-        self.metrics
-            .boot_seconds
-            .observe(vm.boot_time.as_secs_f64());
         tracing::debug!(%id, vm = %vm.id, boot_ms = vm_start_ms, guest_boot_ms = vm.guest_boot_ms, "VM ready");
 
         let job = self.job_for(&cmd);

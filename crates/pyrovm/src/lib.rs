@@ -51,6 +51,7 @@ pub struct Service {
     tokens: Arc<middleware::Tokens>,
     pool: Vec<pool::PoolClass>,
     pool_parallel_boots: usize,
+    snapshots: Option<tvm_vmm::WarmSpec>,
 }
 
 impl Service {
@@ -121,6 +122,7 @@ impl Service {
             tokens: Arc::new(middleware::Tokens::new(config.tokens.clone())),
             pool: config.pool.clone(),
             pool_parallel_boots: config.pool_parallel_boots,
+            snapshots: config.snapshot.warm_spec(),
         })
     }
 
@@ -145,9 +147,10 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let pool = state
-            .executor
-            .start_pool(&self.pool, self.pool_parallel_boots);
+        let pool =
+            state
+                .executor
+                .start_pool(&self.pool, self.pool_parallel_boots, self.snapshots.clone());
         let app = self.router();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -35,6 +35,9 @@ pub struct ResultLabel {
 pub struct Metrics {
     pool_ready: Family<ClassLabel, Gauge>,
     pool_takes: Family<ResultLabel, Counter>,
+    restores: Family<ResultLabel, Counter>,
+    pub(crate) restore_seconds: Histogram,
+    snapshots: Gauge,
     registry: Registry,
     executions: Family<StatusLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
@@ -98,6 +101,24 @@ impl Metrics {
             "Requests served from the pool (hit) or cold-booted (miss)",
             pool_takes.clone(),
         );
+        let restores = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "snapshot_restores",
+            "VM starts from a snapshot: ok, or failed (then cold-booted instead)",
+            restores.clone(),
+        );
+        let restore_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        registry.register(
+            "vm_restore_seconds",
+            "Time from VMM spawn to a restored clone's agent ready",
+            restore_seconds.clone(),
+        );
+        let snapshots = Gauge::default();
+        registry.register(
+            "snapshots_ready",
+            "Snapshot templates held in memory (one per size class)",
+            snapshots.clone(),
+        );
         let output_bytes = Counter::default();
         registry.register(
             "output_bytes",
@@ -107,6 +128,9 @@ impl Metrics {
         Self {
             pool_ready,
             pool_takes,
+            restores,
+            restore_seconds,
+            snapshots,
             registry,
             executions,
             rejected,
@@ -161,6 +185,19 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    pub fn restored(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.restores
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn snapshots_ready(&self, n: usize) {
+        self.snapshots.set(n as i64);
     }
 
     pub fn inflight_guard(&self) -> InflightGuard<'_> {

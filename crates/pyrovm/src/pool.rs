@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tvm_vmm::{Vm, VmSpec, Vmm};
+use tvm_vmm::{Snapshot, Vm, VmSpec, Vmm, VmmError, WarmSpec};
 
 use crate::metrics::Metrics;
 
@@ -29,6 +29,7 @@ struct ClassState {
     ready: VecDeque<Vm>,
     booting: usize,
     target: usize,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 #[derive(Debug)]
@@ -38,19 +39,25 @@ pub struct Pool {
     boots: Arc<Semaphore>,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Snapshot templates in the making (for drain to wait on).
+    making: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
-    /// `classes` maps guest specs to target sizes; `parallel_boots` bounds concurrent boots.
+    /// `classes` maps guest specs to target sizes; `parallel_boots` bounds concurrent
+    /// boots. With `snapshots`, every class (also one of size 0) gets a template
+    /// snapshot first, warmed with those commands.
     pub fn new(
         vmm: Arc<dyn Vmm>,
         classes: Vec<(VmSpec, usize)>,
         parallel_boots: usize,
         metrics: Arc<Metrics>,
+        snapshots: Option<WarmSpec>,
     ) -> Arc<Self> {
+        let keep_empty = snapshots.is_some();
         let map = classes
             .into_iter()
-            .filter(|(_, n)| *n > 0)
+            .filter(|(_, n)| *n > 0 || keep_empty)
             .map(|(spec, target)| {
                 (
                     spec,
@@ -67,12 +74,94 @@ impl Pool {
             boots: Arc::new(Semaphore::new(parallel_boots.max(1))),
             closed: AtomicBool::new(false),
             metrics,
+            making: std::sync::atomic::AtomicUsize::new(0),
         });
         let specs: Vec<VmSpec> = pool.lock().keys().cloned().collect();
         for spec in specs {
-            pool.refill(&spec);
+            match &snapshots {
+                Some(warm) => pool.make_snapshot(spec, warm.clone()),
+                None => pool.refill(&spec),
+            }
         }
         pool
+    }
+
+    /// Makes the class's template snapshot (one boot slot), then fills the class.
+    /// On failure the class keeps cold-booting, and says why.
+    fn make_snapshot(self: &Arc<Self>, spec: VmSpec, warm: WarmSpec) {
+        self.making.fetch_add(1, Ordering::AcqRel);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let made = match pool.boots.clone().acquire_owned().await {
+                Ok(_permit) if !pool.closed.load(Ordering::Acquire) => {
+                    Some(pool.vmm.snapshot(&spec, &warm).await)
+                }
+                _ => None,
+            };
+            match made {
+                Some(Ok(snap)) => {
+                    tracing::info!(
+                        vcpus = spec.vcpus,
+                        memory_mb = spec.memory_mb,
+                        took_ms = snap.took.as_millis() as u64,
+                        touched_mib = snap.memory_bytes >> 20,
+                        "snapshot ready; this class now starts VMs as clones"
+                    );
+                    let n = {
+                        let mut classes = pool.lock();
+                        if !pool.closed.load(Ordering::Acquire) {
+                            if let Some(c) = classes.get_mut(&spec) {
+                                c.snapshot = Some(Arc::new(snap));
+                            }
+                        }
+                        classes.values().filter(|c| c.snapshot.is_some()).count()
+                    };
+                    pool.metrics.snapshots_ready(n);
+                }
+                Some(Err(e)) => tracing::warn!(
+                    vcpus = spec.vcpus,
+                    memory_mb = spec.memory_mb,
+                    error = %crate::core::error_chain(&e),
+                    "snapshot failed; this class cold-boots its VMs"
+                ),
+                None => {}
+            }
+            pool.making.fetch_sub(1, Ordering::AcqRel);
+            pool.refill(&spec);
+        });
+    }
+
+    /// A new VM of this class, not from the pool: a clone of the class's snapshot
+    /// if there is one (a failed restore falls back to a cold boot), else a cold boot.
+    pub async fn fresh(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
+        let snapshot = self.lock().get(spec).and_then(|c| c.snapshot.clone());
+        if let Some(snap) = snapshot {
+            let started = std::time::Instant::now();
+            match self.vmm.restore(&snap).await {
+                Ok(vm) => {
+                    self.metrics.restored(true);
+                    self.metrics
+                        .restore_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(vm);
+                }
+                Err(e) => {
+                    self.metrics.restored(false);
+                    tracing::warn!(
+                        snapshot = %snap.id,
+                        error = %crate::core::error_chain(&e),
+                        "restore failed; clone discarded, cold-booting instead"
+                    );
+                }
+            }
+        }
+        self.metrics.vm_boots.inc();
+        let started = std::time::Instant::now();
+        let r = self.vmm.start(spec).await;
+        self.metrics
+            .boot_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VmSpec, ClassState>> {
@@ -81,11 +170,12 @@ impl Pool {
     }
 
     /// A ready VM of this class, if any (a miss is counted and a refill starts);
-    /// `None` without counting for a class the pool does not keep.
+    /// `None` without counting for a class the pool does not keep (or keeps only
+    /// a snapshot of).
     pub fn take(self: &Arc<Self>, spec: &VmSpec) -> Option<Vm> {
         let vm = {
             let mut classes = self.lock();
-            let class = classes.get_mut(spec)?;
+            let class = classes.get_mut(spec).filter(|c| c.target > 0)?;
             let vm = class.ready.pop_front();
             self.metrics.pool_size(spec, class.ready.len());
             vm
@@ -108,6 +198,9 @@ impl Pool {
             let Some(class) = classes.get_mut(spec) else {
                 return;
             };
+            if class.target == 0 {
+                return;
+            }
             let missing = class
                 .target
                 .saturating_sub(class.ready.len() + class.booting);
@@ -120,12 +213,7 @@ impl Pool {
             tokio::spawn(async move {
                 let booted = match pool.boots.clone().acquire_owned().await {
                     Ok(_permit) if !pool.closed.load(Ordering::Acquire) => {
-                        let started = std::time::Instant::now();
-                        let r = pool.vmm.start(&spec).await;
-                        pool.metrics
-                            .boot_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        r.map_err(|e| tracing::warn!(error = %crate::core::error_chain(&e), "pool boot failed")).ok()
+                        pool.fresh(&spec).await.map_err(|e| tracing::warn!(error = %crate::core::error_chain(&e), "pool boot failed")).ok()
                     }
                     _ => None,
                 };
@@ -153,6 +241,11 @@ impl Pool {
         }
     }
 
+    /// Whether this class has a snapshot to clone from (for tests and readiness).
+    pub fn has_snapshot(&self, spec: &VmSpec) -> bool {
+        self.lock().get(spec).is_some_and(|c| c.snapshot.is_some())
+    }
+
     /// Ready VMs per class (for tests and metrics).
     pub fn ready(&self, spec: &VmSpec) -> usize {
         self.lock().get(spec).map(|c| c.ready.len()).unwrap_or(0)
@@ -171,14 +264,19 @@ impl Pool {
         for vm in vms {
             vm.destroy().await;
         }
-        // Boots in flight see `closed` and destroy their VM themselves; wait for them
-        // (each is bounded by the backend's boot deadline).
+        // Boots and snapshots in flight see `closed` and destroy what they made
+        // themselves; wait for them (each is bounded by the backend's deadlines).
         loop {
             let booting: usize = self.lock().values().map(|c| c.booting).sum();
-            if booting == 0 {
+            if booting == 0 && self.making.load(Ordering::Acquire) == 0 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // Dropping the last reference deletes a snapshot's files.
+        for c in self.lock().values_mut() {
+            c.snapshot = None;
+        }
+        self.metrics.snapshots_ready(0);
     }
 }

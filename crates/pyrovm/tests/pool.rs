@@ -1,5 +1,6 @@
 //! The warm pool with real microVMs: hits are used once, refills happen, an empty
-//! pool falls back to a cold boot, and shutdown leaves nothing.
+//! pool falls back to a cold boot, and shutdown leaves nothing. These run the plain
+//! pool (snapshots off); tests/snapshot.rs covers a pool of snapshot clones.
 
 mod common;
 
@@ -36,7 +37,8 @@ async fn a_hit_is_used_once_then_refilled_and_shutdown_drains() {
             vcpus: 1,
             memory_mb: 256,
             size: 1,
-        }]
+        }];
+        c.snapshot.enabled = false;
     })
     .await
     else {
@@ -83,7 +85,8 @@ async fn an_empty_pool_falls_back_to_a_cold_boot() {
             vcpus: 1,
             memory_mb: 256,
             size: 1,
-        }]
+        }];
+        c.snapshot.enabled = false;
     })
     .await
     else {

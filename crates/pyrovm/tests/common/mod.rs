@@ -121,6 +121,23 @@ impl TestServer {
         assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
     }
 
+    /// Where this instance keeps snapshots when its runtime root is not on tmpfs.
+    pub fn shm_dir(&self) -> PathBuf {
+        Path::new(tvm_vmm::runtime::SHM_ROOT).join(self.runtime_dir.file_name().expect("name"))
+    }
+
+    /// Snapshot dirs of this instance (wherever the runtime put them).
+    pub fn snapshot_dirs(&self) -> Vec<PathBuf> {
+        [
+            self.runtime_dir.join("snapshots"),
+            self.shm_dir().join("snapshots"),
+        ]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+    }
+
     /// Stops the server and asserts that its runtime dir is gone.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -130,6 +147,8 @@ impl TestServer {
             task.await.expect("join").expect("serve");
         }
         assert!(!self.runtime_dir.exists(), "runtime dir left behind");
+        let shm = self.shm_dir();
+        assert!(!shm.exists(), "snapshot dir {} left behind", shm.display());
         let procs = vmm_processes(self.runtime_root.path());
         assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
     }
