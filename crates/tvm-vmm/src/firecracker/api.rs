@@ -79,6 +79,59 @@ pub enum ActionType {
     SendCtrlAltDel,
 }
 
+/// `PATCH /vm` (definition `Vm`): pauses or resumes a running microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vm {
+    pub state: VmState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VmState {
+    Paused,
+    Resumed,
+}
+
+/// `PUT /snapshot/create` (definition `SnapshotCreateParams`); the VM must be paused.
+/// Paths are as Firecracker sees them, i.e. inside the jail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotCreateParams {
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// `PUT /snapshot/load` (definition `SnapshotLoadParams`). Accepted only by a fresh
+/// Firecracker (nothing configured but the logger and metrics). Of the spec's two
+/// ways to name the memory, only `mem_backend` is offered (`mem_file_path` is deprecated;
+/// exactly one of them may be sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotLoadParams {
+    pub snapshot_path: String,
+    pub mem_backend: MemoryBackend,
+    pub resume_vm: bool,
+}
+
+/// Definition `MemoryBackend`: where a restored VM's memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryBackend {
+    pub backend_type: MemoryBackendType,
+    pub backend_path: String,
+}
+
+/// `File` maps the memory file `MAP_PRIVATE` (copy-on-write); `Uffd` hands page
+/// faults to a user-space handler listening on `backend_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MemoryBackendType {
+    File,
+    Uffd,
+}
+
 /// One API call: method, path, JSON body, and the spec definition the body must match.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
@@ -90,8 +143,17 @@ pub struct ApiCall {
 }
 
 fn call<T: Serialize>(path: impl Into<String>, definition: &'static str, body: &T) -> ApiCall {
+    call_with("PUT", path, definition, body)
+}
+
+fn call_with<T: Serialize>(
+    method: &'static str,
+    path: impl Into<String>,
+    definition: &'static str,
+    body: &T,
+) -> ApiCall {
     ApiCall {
-        method: "PUT",
+        method,
         path: path.into(),
         // Serialising these plain structs cannot fail.
         body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
@@ -127,6 +189,16 @@ impl ApiCall {
             "InstanceActionInfo",
             &InstanceActionInfo { action_type: a },
         )
+    }
+    /// `PATCH`, not `PUT`: Firecracker answers a `PUT /vm` with 400.
+    pub fn vm_state(state: VmState) -> Self {
+        call_with("PATCH", "/vm", "Vm", &Vm { state })
+    }
+    pub fn snapshot_create(p: &SnapshotCreateParams) -> Self {
+        call("/snapshot/create", "SnapshotCreateParams", p)
+    }
+    pub fn snapshot_load(p: &SnapshotLoadParams) -> Self {
+        call("/snapshot/load", "SnapshotLoadParams", p)
     }
 }
 
@@ -184,6 +256,14 @@ impl ApiClient {
         Self {
             socket: socket.to_path_buf(),
             timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same socket with another bound per call (a snapshot writes all guest memory).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            socket: self.socket.clone(),
+            timeout,
         }
     }
 
@@ -280,6 +360,20 @@ mod tests {
             req.ends_with(r#"{"guest_cid":3,"uds_path":"/v.sock"}"#),
             "{req}"
         );
+    }
+
+    #[tokio::test]
+    async fn vm_state_is_sent_as_patch() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("api.sock");
+        let seen = peer(&sock, "HTTP/1.1 204 No Content\r\n\r\n").await;
+        ApiClient::new(&sock)
+            .send(&ApiCall::vm_state(VmState::Paused))
+            .await
+            .unwrap();
+        let req = seen.await.unwrap();
+        assert!(req.starts_with("PATCH /vm HTTP/1.1\r\n"), "{req}");
+        assert!(req.ends_with(r#"{"state":"Paused"}"#), "{req}");
     }
 
     #[tokio::test]

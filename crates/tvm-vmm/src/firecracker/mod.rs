@@ -8,9 +8,12 @@
 //! configured over the API socket with typed bodies ([`api`]) and the agent is
 //! reached over vsock ([`crate::vsock`]). Teardown kills the VMM, removes the jail
 //! and the cgroups; a crashed service's leftovers are reaped on the next start.
+//! Boots, snapshot templates and clones ([`snapshot`]) all start from the same
+//! jail (`FirecrackerBackend::jail`); they differ only in the API calls sent after.
 
 pub mod api;
 pub mod jailer;
+pub mod snapshot;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,9 @@ use self::api::{
 };
 use self::jailer::{CgroupVersion, JailerArgs, VmmLimits};
 use crate::runtime::{Runtime, VMM_PID_FILE};
-use crate::{io_err, GuestImage, Vm, VmProcess, VmSpec, Vmm, VmmError};
+use crate::{
+    io_err, AgentChannel, GuestImage, Snapshot, Vm, VmProcess, VmSpec, Vmm, VmmError, WarmSpec,
+};
 
 /// Files the jail gets, by their name inside it.
 const KERNEL: &str = "vmlinux";
@@ -148,7 +153,12 @@ impl FirecrackerBackend {
         })
     }
 
-    async fn boot_once(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
+    /// Builds a fresh jail (new id, next uid of the rotation, own cgroup, own network
+    /// namespace), places `extra` files in it next to the image links, starts the
+    /// jailer and waits until Firecracker's API socket accepts connections. Nothing is
+    /// configured yet. Shared by boots, templates and clones; on error everything
+    /// made so far is removed (the [`FcProcess`] inside owns it from the start).
+    async fn jail(&self, spec: &VmSpec, extra: &[JailFile]) -> Result<Jailed, VmmError> {
         let id = ulid::Ulid::new().to_string().to_lowercase();
         let vm_dir = self.runtime.vm_dir(&id)?;
         let chroot = jailer::chroot_dir(&self.jail_base, &self.cfg.firecracker, &id);
@@ -168,6 +178,12 @@ impl FirecrackerBackend {
             done: false,
         };
         self.prepare_jail(&chroot, uid)?;
+        if !extra.is_empty() {
+            let (files, into) = (extra.to_vec(), chroot.clone());
+            tokio::task::spawn_blocking(move || snapshot::place_in_jail(&files, &into))
+                .await
+                .map_err(|e| VmmError::Snapshot(format!("placing files in the jail: {e}")))??;
+        }
 
         let limits = VmmLimits {
             memory_bytes: (spec.memory_mb + VMM_OVERHEAD_MIB) << 20,
@@ -253,38 +269,70 @@ impl FirecrackerBackend {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let client = ApiClient::new(&api_path);
-        for call in configuration_calls(spec) {
-            client
-                .send(&call)
+        Ok(Jailed {
+            id,
+            proc,
+            pid,
+            chroot,
+            vm_dir,
+            api: ApiClient::new(&api_path),
+            started,
+            deadline,
+        })
+    }
+
+    /// Sends `calls` in order; the first refusal ends it.
+    async fn send_all(&self, j: &Jailed, calls: &[ApiCall]) -> Result<(), VmmError> {
+        for call in calls {
+            j.api
+                .send(call)
                 .await
                 .map_err(|e| VmmError::Api(e.to_string()))?;
         }
+        Ok(())
+    }
+
+    /// Connects to the agent over the jail's vsock socket and waits for its `Ready`;
+    /// returns the channel and the guest uptime the agent reported.
+    async fn agent(&self, j: &Jailed) -> Result<(AgentChannel, u64), VmmError> {
+        let (pid, vm_dir, chroot, deadline) = (j.pid, &j.vm_dir, &j.chroot, j.deadline);
         let uds = chroot.join(VSOCK_UDS);
         let stream = tokio::select! {
             r = crate::vsock::connect(&uds, tvm_proto::VSOCK_PORT, deadline) => r.map_err(|e| {
                 if alive(pid) { VmmError::BootTimeout { timeout: self.cfg.boot_timeout, console_tail: format!("{e}; console: {}", crate::qemu::tail(&vm_dir.join("console.log"), 600)) } }
-                else { self.exited_or_timeout(pid, &vm_dir, &chroot) }
+                else { self.exited_or_timeout(pid, vm_dir, chroot) }
             })?,
-            _ = wait_for_exit(pid) => return Err(self.exited_or_timeout(pid, &vm_dir, &chroot)),
+            _ = wait_for_exit(pid) => return Err(self.exited_or_timeout(pid, vm_dir, chroot)),
         };
         let mut framed = Framed::new(stream, FrameCodec::new());
         let first = tokio::time::timeout_at(deadline.into(), framed.next())
             .await
-            .map_err(|_| self.boot_timeout_err(&vm_dir, &chroot))?;
-        let guest_boot_ms = match first {
-            Some(Ok(GuestMsg::Ready { boot_ms, .. })) => boot_ms,
-            Some(Ok(other)) => return Err(VmmError::Protocol(format!("{other:?}"))),
-            Some(Err(e)) => return Err(VmmError::Channel(e)),
-            None => return Err(VmmError::Channel(tvm_proto::CodecError::Closed)),
-        };
-        Ok(Vm {
-            id,
-            channel: framed,
-            boot_time: started.elapsed(),
-            guest_boot_ms,
-            process: Box::new(proc),
-        })
+            .map_err(|_| self.boot_timeout_err(vm_dir, chroot))?;
+        match first {
+            Some(Ok(GuestMsg::Ready { boot_ms, .. })) => Ok((framed, boot_ms)),
+            Some(Ok(other)) => Err(VmmError::Protocol(format!("{other:?}"))),
+            Some(Err(e)) => Err(VmmError::Channel(e)),
+            None => Err(VmmError::Channel(tvm_proto::CodecError::Closed)),
+        }
+    }
+
+    /// One cold boot: a jail, the configuration calls, the agent's first `Ready`.
+    async fn boot_once(&self, spec: &VmSpec) -> Result<(Jailed, AgentChannel, u64), VmmError> {
+        let j = self.jail(spec, &[]).await?;
+        self.send_all(&j, &configuration_calls(spec)).await?;
+        let (channel, guest_boot_ms) = self.agent(&j).await?;
+        Ok((j, channel, guest_boot_ms))
+    }
+
+    /// A cold boot, retried once when the guest hung or the VMM died during it.
+    async fn boot(&self, spec: &VmSpec) -> Result<(Jailed, AgentChannel, u64), VmmError> {
+        match self.boot_once(spec).await {
+            Err(e @ (VmmError::BootTimeout { .. } | VmmError::ExitedDuringBoot { .. })) => {
+                tracing::warn!(error = %e, "firecracker guest boot failed; retrying once");
+                self.boot_once(spec).await
+            }
+            other => other,
+        }
     }
 
     /// The chroot with the image hard-linked in and writable spots for the jailed uid.
@@ -332,8 +380,8 @@ impl FirecrackerBackend {
     }
 }
 
-/// The API calls that configure and start one VM, in order.
-pub fn configuration_calls(spec: &VmSpec) -> Vec<ApiCall> {
+/// Logger and metrics: the only calls Firecracker accepts before a snapshot load too.
+pub fn logging_calls() -> Vec<ApiCall> {
     vec![
         ApiCall::logger(&Logger {
             log_path: "/fc.log".into(),
@@ -344,6 +392,13 @@ pub fn configuration_calls(spec: &VmSpec) -> Vec<ApiCall> {
         ApiCall::metrics(&api::Metrics {
             metrics_path: "/fc.metrics".into(),
         }),
+    ]
+}
+
+/// The API calls that configure and start one VM, in order.
+pub fn configuration_calls(spec: &VmSpec) -> Vec<ApiCall> {
+    let mut calls = logging_calls();
+    calls.extend([
         ApiCall::machine_config(&MachineConfiguration {
             vcpu_count: spec.vcpus,
             mem_size_mib: spec.memory_mb,
@@ -366,7 +421,8 @@ pub fn configuration_calls(spec: &VmSpec) -> Vec<ApiCall> {
         }),
         ApiCall::entropy(&EntropyDevice::default()),
         ApiCall::action(ActionType::InstanceStart),
-    ]
+    ]);
+    calls
 }
 
 async fn wait_for<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -428,12 +484,51 @@ impl Vmm for FirecrackerBackend {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
-        match self.boot_once(spec).await {
-            Err(e @ (VmmError::BootTimeout { .. } | VmmError::ExitedDuringBoot { .. })) => {
-                tracing::warn!(error = %e, "firecracker guest boot failed; retrying once");
-                self.boot_once(spec).await
-            }
-            other => other,
+        let (j, channel, guest_boot_ms) = self.boot(spec).await?;
+        Ok(j.into_vm(channel, guest_boot_ms))
+    }
+
+    async fn snapshot(&self, spec: &VmSpec, warm: &WarmSpec) -> Result<Snapshot, VmmError> {
+        snapshot::make(self, spec, warm).await
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<Vm, VmmError> {
+        snapshot::restore(self, snapshot).await
+    }
+}
+
+/// A file to place in a jail before the jailer starts: its host path and its name
+/// in the chroot.
+#[derive(Debug, Clone)]
+struct JailFile {
+    from: PathBuf,
+    name: &'static str,
+}
+
+/// A jailed Firecracker whose API socket accepts connections. Dropping it tears
+/// the VM down (through its [`FcProcess`]).
+#[derive(Debug)]
+struct Jailed {
+    id: String,
+    proc: FcProcess,
+    pid: i32,
+    chroot: PathBuf,
+    vm_dir: PathBuf,
+    api: ApiClient,
+    /// When the jailer was spawned.
+    started: Instant,
+    /// `started` + the boot timeout: every wait of a boot or restore ends by then.
+    deadline: Instant,
+}
+
+impl Jailed {
+    fn into_vm(self, channel: AgentChannel, guest_boot_ms: u64) -> Vm {
+        Vm {
+            id: self.id,
+            channel,
+            boot_time: self.started.elapsed(),
+            guest_boot_ms,
+            process: Box::new(self.proc),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::api::{parse_fault, ApiCall, ApiError};
-use super::configuration_calls;
+use super::snapshot::{freeze_calls, restore_calls};
+use super::{configuration_calls, logging_calls};
 use crate::VmSpec;
 
 fn spec() -> Option<Value> {
@@ -190,6 +191,87 @@ fn every_configuration_call_matches_the_spec() {
     }
 }
 
+fn assert_valid(spec: &Value, calls: &[ApiCall]) {
+    for call in calls {
+        let problems = validate_call(spec, call);
+        assert!(
+            problems.is_empty(),
+            "{} {}: {problems:#?}",
+            call.method,
+            call.path
+        );
+    }
+}
+
+/// `SnapshotLoadParams` says in prose that exactly one of the `mem_*` fields is sent.
+fn one_memory_source(body: &Value) -> bool {
+    ["mem_backend", "mem_file_path"]
+        .iter()
+        .filter(|k| body.get(**k).is_some())
+        .count()
+        == 1
+}
+
+#[test]
+fn freeze_calls_match_the_spec() {
+    let Some(spec) = spec() else { return };
+    let calls = freeze_calls();
+    assert_valid(&spec, &calls);
+    let route: Vec<(&str, &str)> = calls.iter().map(|c| (c.method, c.path.as_str())).collect();
+    assert_eq!(
+        route,
+        [("PATCH", "/vm"), ("PUT", "/snapshot/create")],
+        "pause first: the spec says the microVM should be Paused for a snapshot"
+    );
+    assert!(spec["paths"]["/snapshot/create"]["put"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("Paused")));
+    assert_eq!(calls[0].body["state"], "Paused");
+    assert_eq!(calls[1].body["snapshot_type"], "Full");
+}
+
+#[test]
+fn restore_calls_match_the_spec_and_configure_nothing_before_the_load() {
+    let Some(spec) = spec() else { return };
+    let calls = restore_calls();
+    assert_valid(&spec, &calls);
+    let load = calls.last().expect("calls");
+    assert_eq!((load.method, load.path.as_str()), ("PUT", "/snapshot/load"));
+    assert!(one_memory_source(&load.body), "{}", load.body);
+    assert_eq!(load.body["mem_backend"]["backend_type"], "File");
+    assert_eq!(load.body["resume_vm"], true);
+    // The spec: "Only accepted on a fresh Firecracker process (before configuring any
+    // resource other than the Logger and Metrics)".
+    let rule = spec["paths"]["/snapshot/load"]["put"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rule.contains("other than the Logger and Metrics"), "{rule}");
+    let before: Vec<&str> = calls[..calls.len() - 1]
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect();
+    assert!(
+        before.iter().all(|p| *p == "/logger" || *p == "/metrics"),
+        "{before:?}"
+    );
+    // The clone logs like a booted VM does.
+    assert_eq!(calls[..calls.len() - 1], logging_calls()[..]);
+}
+
+#[test]
+fn snapshot_paths_stay_in_the_jail() {
+    // The files Firecracker writes and reads are jail paths; the load reads what the
+    // create wrote.
+    let create = &freeze_calls()[1].body;
+    let load = &restore_calls().last().expect("calls").body.clone();
+    assert_eq!(create["snapshot_path"], load["snapshot_path"]);
+    assert_eq!(create["mem_file_path"], load["mem_backend"]["backend_path"]);
+    for p in [&create["snapshot_path"], &create["mem_file_path"]] {
+        let p = p.as_str().unwrap_or_default();
+        assert!(p.starts_with('/') && !p[1..].contains('/'), "{p}");
+    }
+}
+
 #[test]
 fn the_checker_catches_mistakes() {
     let Some(spec) = spec() else { return };
@@ -241,6 +323,68 @@ fn the_checker_catches_mistakes() {
     .is_empty());
     // Unknown path.
     assert!(!validate_call(&spec, &bad("/nope", "Vsock", serde_json::json!({}))).is_empty());
+    // Wrong method: /vm is PATCH only.
+    assert!(!validate_call(
+        &spec,
+        &bad("/vm", "Vm", serde_json::json!({"state": "Paused"}))
+    )
+    .is_empty());
+    let patch = |path: &str, definition: &'static str, body: Value| ApiCall {
+        method: "PATCH",
+        ..bad(path, definition, body)
+    };
+    assert!(validate_call(
+        &spec,
+        &patch("/vm", "Vm", serde_json::json!({"state": "Paused"}))
+    )
+    .is_empty());
+    // Bad enum in a PATCH body.
+    assert!(!validate_call(
+        &spec,
+        &patch("/vm", "Vm", serde_json::json!({"state": "Stopped"}))
+    )
+    .is_empty());
+    // Bad enum and missing field in a nested definition ($ref MemoryBackend).
+    for mem_backend in [
+        serde_json::json!({"backend_type": "Mmap", "backend_path": "/m"}),
+        serde_json::json!({"backend_type": "File"}),
+    ] {
+        assert!(!validate_call(
+            &spec,
+            &bad(
+                "/snapshot/load",
+                "SnapshotLoadParams",
+                serde_json::json!({"snapshot_path": "/s", "mem_backend": mem_backend})
+            )
+        )
+        .is_empty());
+    }
+    // Missing required field of a snapshot create, and a bad snapshot type.
+    assert!(!validate_call(
+        &spec,
+        &bad(
+            "/snapshot/create",
+            "SnapshotCreateParams",
+            serde_json::json!({"snapshot_path": "/s"})
+        )
+    )
+    .is_empty());
+    assert!(!validate_call(
+        &spec,
+        &bad(
+            "/snapshot/create",
+            "SnapshotCreateParams",
+            serde_json::json!({"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Incremental"})
+        )
+    )
+    .is_empty());
+    // Both or neither memory source.
+    assert!(!one_memory_source(
+        &serde_json::json!({"mem_file_path": "/m", "mem_backend": {}})
+    ));
+    assert!(!one_memory_source(
+        &serde_json::json!({"snapshot_path": "/s"})
+    ));
 }
 
 #[test]
