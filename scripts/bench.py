@@ -3,7 +3,8 @@
 measured in the same run. A benchmark, not a test: it prints a markdown table and
 writes docs/bench/results.json and docs/bench/latency.svg.
 
-Baselines: (a) naive — qemu-system-x86_64 started per request with the same kernel,
+Scenarios: cold (no pool, no snapshot), snapshot_clone (a clone restored per request,
+no pool), pool_hit (a pool of ready snapshot clones). Baselines: (a) naive — qemu-system-x86_64 started per request with the same kernel,
 initramfs and rootfs, speaking the same agent protocol, no pool, no snapshot (the
 original design); (b) bwrap — python3 run natively under bubblewrap.
 Needs: target/release/pyrovm, a built image (TVM_IMAGE_DIR or ~/.cache/tvm/current),
@@ -14,6 +15,7 @@ import subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.environ.get("TVM_IMAGE_DIR") or os.path.expanduser("~/.cache/tvm/current")
+PROTOCOL_VERSION = 2  # tvm-proto PROTOCOL_VERSION; the naive baseline speaks it too
 PYROVM = os.path.join(ROOT, "target/release/pyrovm")
 N = int(os.environ.get("BENCH_N", "20"))
 BODY = {"language": "python", "code": "print(1)"}
@@ -34,23 +36,36 @@ def summary(xs):
 
 
 class Server:
-    def __init__(self, pool_size, max_concurrency=16, port=18090):
+    """pyrovm with one pool class (`pool_size` None: no class at all) and snapshots on or off."""
+
+    def __init__(self, pool_size, snapshot, memory_mb=256, max_concurrency=16, port=18090):
         self.dir = tempfile.mkdtemp(prefix="tvm-bench-")
         self.url = f"http://127.0.0.1:{port}"
-        pool = f"[[pool]]\nvcpus = 1\nmemory_mb = 256\nsize = {pool_size}\n" if pool_size else "pool = []\n"
+        self.snapshot = snapshot and pool_size is not None
+        pool = ("pool = []\n" if pool_size is None
+                else f"[[pool]]\nvcpus = 1\nmemory_mb = {memory_mb}\nsize = {pool_size}\n")
         cfg = os.path.join(self.dir, "bench.toml")
         with open(cfg, "w") as f:
             f.write(f'listen = "127.0.0.1:{port}"\nmax_concurrency = {max_concurrency}\nboot_timeout_ms = 60000\n'
-                    f'runtime_dir = "{self.dir}/run"\nimage_dir = "{IMAGE}"\n{pool}')
+                    f'runtime_dir = "{self.dir}/run"\nimage_dir = "{IMAGE}"\n{pool}'
+                    f'[snapshot]\nenabled = {"true" if snapshot else "false"}\n')
         self.proc = subprocess.Popen([PYROVM, "--config", cfg], stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(self.dir, "log"), "w"))
         for _ in range(200):
             try:
                 urllib.request.urlopen(self.url + "/healthz", timeout=1)
-                return
+                break
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("pyrovm did not start")
+        else:
+            raise RuntimeError("pyrovm did not start")
+        if self.snapshot:
+            t0 = time.monotonic()
+            while self.metric("tvm_snapshots_ready") < 1:
+                if time.monotonic() - t0 > 180:
+                    raise RuntimeError("no snapshot within 180 s")
+                time.sleep(0.05)
+            self.snapshot_s = time.monotonic() - t0
 
     def metric(self, name):
         text = urllib.request.urlopen(self.url + "/metrics").read().decode()
@@ -138,7 +153,7 @@ def naive_once(tsc_khz):
                "limits": {"timeout_ms": 10000, "memory_bytes": 256 << 20, "max_processes": 64,
                           "max_output_bytes": 1 << 20, "workdir_bytes": 64 << 20},
                "clock_unix_ns": time.time_ns(), "entropy": base64.b64encode(os.urandom(32)).decode()}
-        payload = json.dumps({"v": 1, "msg": job}).encode()
+        payload = json.dumps({"v": PROTOCOL_VERSION, "msg": job}).encode()
         c.sendall(struct.pack(">I", len(payload)) + payload)
         while True:
             m = recv()
@@ -184,11 +199,12 @@ def svg(results, path):
     bars = [(k, v) for k, v in [
         ("naive QEMU", results["latency_ms"]["naive"]["p50"]),
         ("TVM cold boot", results["latency_ms"]["cold"]["p50"]),
+        ("TVM snapshot clone", (results["latency_ms"]["snapshot_clone"] or {}).get("p50")),
         ("TVM pool hit", results["latency_ms"]["pool_hit"]["p50"]),
         ("bwrap (no VM)", results["latency_ms"]["bwrap"]["p50"]),
     ] if v is not None]
     top = max(v for _, v in bars)
-    w, h, left = 640, 60 + 40 * len(bars), 140
+    w, h, left = 660, 60 + 40 * len(bars), 160
     rows = []
     for i, (name, v) in enumerate(bars):
         y = 40 + i * 40
@@ -214,16 +230,29 @@ def main():
     res["latency_ms"]["bwrap"] = summary([bwrap_once() for _ in range(N)])
 
     print("cold boots ...", file=sys.stderr)
-    s = Server(pool_size=0, port=18091)
+    s = Server(pool_size=None, snapshot=False, port=18091)
     try:
         cold = [s.execute()[0] for _ in range(max(5, N // 2))]
     finally:
         s.stop()
     res["latency_ms"]["cold"] = summary(cold)
-    res["latency_ms"]["snapshot_clone"] = None  # not implemented yet
 
-    print("pool hits ...", file=sys.stderr)
-    s = Server(pool_size=2, port=18092)
+    print("snapshot clones, no pool ...", file=sys.stderr)
+    s = Server(pool_size=0, snapshot=True, port=18094)
+    try:
+        res["snapshot"] = {"template_ready_s": round(s.snapshot_s, 2)}
+        clones, vm_start = [], []
+        for _ in range(N):
+            wall, v = s.execute()
+            clones.append(wall)
+            vm_start.append(v["timings_ms"]["vm_start"])
+        res["latency_ms"]["snapshot_clone"] = summary(clones)
+        res["snapshot"]["restore_ms"] = summary(vm_start)
+    finally:
+        s.stop()
+
+    print("pool hits (a pool of snapshot clones) ...", file=sys.stderr)
+    s = Server(pool_size=2, snapshot=True, port=18092)
     try:
         hits, overhead = [], []
         for _ in range(N):
@@ -236,7 +265,7 @@ def main():
         s.wait_pool(2)
         time.sleep(2)
         pss = s.vmm_pss_kib()
-        res["memory"]["idle_pooled_vm_pss_mib"] = [round(x / 1024, 1) for x in pss]
+        res["memory"]["idle_pss_mib_352mib_guests"] = [round(x / 1024, 1) for x in pss]
         print("throughput ...", file=sys.stderr)
         for c in (1, 4, 16):
             res["throughput_per_s"][f"tvm_c{c}"] = throughput(
@@ -251,9 +280,10 @@ def main():
             return False
     res["throughput_per_s"]["naive_c16"] = throughput(naive_ok, 16, 16)
 
-    print("memory at a bound ...", file=sys.stderr)
+    print("memory at a bound (128 MiB guests) ...", file=sys.stderr)
     bound = 8
-    s = Server(pool_size=bound, port=18093)
+    # A 32 MiB job limit + the 96 MiB guest overhead = 128 MiB of guest RAM.
+    s = Server(pool_size=bound, snapshot=True, memory_mb=32, port=18093)
     try:
         s.wait_pool(bound, timeout=300)
         time.sleep(2)
@@ -263,7 +293,9 @@ def main():
     avg = sum(pss) / len(pss) / 1024
     res["memory"].update({"measured_vms": len(pss), "avg_pss_mib": round(avg, 1),
                           "fit_in_16gib_extrapolated": int(16 * 1024 / avg),
-                          "note": f"measured with {len(pss)} idle VMs, extrapolated linearly to 16 GiB"})
+                          "guest_ram_mib": 128,
+                          "note": f"snapshot clones, 128 MiB guests; measured with {len(pss)} idle VMs, "
+                                  "extrapolated linearly to 16 GiB"})
 
     out = os.path.join(ROOT, "docs/bench")
     os.makedirs(out, exist_ok=True)
@@ -272,10 +304,12 @@ def main():
 
     L, nv = res["latency_ms"], res["latency_ms"]["naive"]["p50"]
     print("| scenario | p50 ms | p95 ms | p99 ms | p50 vs naive |\n|---|---|---|---|---|")
-    for k in ("pool_hit", "cold", "naive", "bwrap"):
+    for k in ("pool_hit", "snapshot_clone", "cold", "naive", "bwrap"):
         v = L[k]
         print(f"| {k} | {v['p50']:.0f} | {v['p95']:.0f} | {v['p99']:.0f} | {v['p50'] / nv:.2f}× |")
-    print("| snapshot_clone | not implemented yet | | | |")
+    r = res["snapshot"]["restore_ms"]
+    print(f"\nsnapshot: template ready {res['snapshot']['template_ready_s']} s after start; "
+          f"restore (vm_start) p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms")
     t = res["throughput_per_s"]
     def tp(k):
         return f"{t[k]['per_s']:.2f}/s ({t[k]['failed']} failed)"
@@ -285,7 +319,7 @@ def main():
     o = res["overhead_ms"]
     print(f"platform overhead (total - exec): p50 {o['p50']:.0f} ms, p99 {o['p99']:.0f} ms")
     m = res["memory"]
-    print(f"idle pooled VM PSS: avg {m['avg_pss_mib']} MiB over {m['measured_vms']} VMs; "
+    print(f"idle pooled clone PSS (128 MiB guest): avg {m['avg_pss_mib']} MiB over {m['measured_vms']} VMs; "
           f"~{m['fit_in_16gib_extrapolated']} fit in 16 GiB (extrapolated)")
 
 

@@ -174,7 +174,17 @@ impl Executor {
         let exec_ms = exec_started.elapsed().as_millis() as u64;
         let resp = match outcome {
             Ok(Conversation::Exited(report, out, vm)) => {
+                let destroy_started = Instant::now();
                 vm.destroy().await;
+                // Where the platform overhead goes (total minus the guest's exec time).
+                tracing::debug!(
+                    %id,
+                    vm_start_ms,
+                    conversation_ms = exec_ms,
+                    guest_exec_ms = report.exec_ms,
+                    destroy_ms = destroy_started.elapsed().as_millis() as u64,
+                    "execution finished"
+                );
                 self.response(id, &report, out, received, queued_ms, vm_start_ms)
             }
             Ok(Conversation::Failed(message, vm)) => {

@@ -103,6 +103,42 @@ async fn firecracker_end_to_end_or_clean_failure() {
         assert_eq!(v["status"], "timeout", "{v}");
         srv.assert_no_vms();
         srv.stop().await;
+        // Snapshot clones: each restored into its own jail, each unique.
+        let Some(srv) = common::TestServer::start(|c| {
+            c.backend = pyrovm::BackendChoice::Firecracker;
+            c.firecracker_bin = Some(firecracker.clone());
+            c.jailer_bin = Some(jailer.clone());
+            c.pool = vec![pyrovm::pool::PoolClass {
+                vcpus: 1,
+                memory_mb: 256,
+                size: 0,
+            }];
+        })
+        .await
+        else {
+            return;
+        };
+        while srv.metric("tvm_snapshots_ready").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (status, v) = srv
+                .execute(
+                    json!({"language": "python", "code": "import os; print(os.urandom(16).hex())"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            seen.push(v["stdout"].as_str().unwrap().to_string());
+        }
+        assert_ne!(seen[0], seen[1], "two clones drew the same random bytes");
+        assert_eq!(
+            srv.metric("tvm_snapshot_restores_total{result=\"ok\"}")
+                .await,
+            2.0
+        );
+        srv.assert_no_vms();
+        srv.stop().await;
         return;
     }
 
@@ -138,6 +174,7 @@ async fn firecracker_end_to_end_or_clean_failure() {
     // API configuration and InstanceStart all succeeded.
     {
         let (rt, _) = Runtime::create(&root.path().join("direct")).unwrap();
+        let fc_runtime = Arc::new(rt);
         let fc = FirecrackerBackend::new(
             FirecrackerConfig {
                 firecracker: firecracker.clone(),
@@ -147,7 +184,7 @@ async fn firecracker_end_to_end_or_clean_failure() {
                 uid_base: 40_000,
                 uid_count: 10,
             },
-            Arc::new(rt),
+            fc_runtime.clone(),
         )
         .unwrap();
         // Watch the jails while the backend works: the API must have created the vsock socket.
@@ -184,6 +221,43 @@ async fn firecracker_end_to_end_or_clean_failure() {
                     && text.contains("firecracker exited")),
             "failure before the guest stage: {text}"
         );
+        // A template cannot be made without a guest: the same clean boot failure, and no
+        // snapshot dir, jail or process left behind.
+        let spec = tvm_vmm::VmSpec {
+            vcpus: 1,
+            memory_mb: 128,
+        };
+        let warm = tvm_vmm::WarmSpec {
+            commands: vec![vec!["/bin/true".into()]],
+            per_command: Duration::from_secs(5),
+        };
+        let err = tvm_vmm::Vmm::snapshot(&fc, &spec, &warm).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                tvm_vmm::VmmError::BootTimeout { .. } | tvm_vmm::VmmError::ExitedDuringBoot { .. }
+            ),
+            "{err}"
+        );
+        assert!(
+            fc_runtime.snapshot_dirs().is_empty(),
+            "half-made snapshot left"
+        );
+        // A snapshot made by another backend is refused before anything starts.
+        let foreign_dir = fc_runtime.snapshot_dir("foreign").unwrap();
+        let foreign = tvm_vmm::Snapshot {
+            id: "foreign".into(),
+            spec,
+            backend: "qemu-tcg".into(),
+            dir: foreign_dir,
+            took: Duration::ZERO,
+            memory_bytes: 0,
+        };
+        let err = tvm_vmm::Vmm::restore(&fc, &foreign).await.unwrap_err();
+        assert!(matches!(err, tvm_vmm::VmmError::Snapshot(_)), "{err}");
+        drop(foreign);
+        assert!(fc_runtime.snapshot_dirs().is_empty());
+        assert!(fc_runtime.vm_dirs().is_empty(), "VM dir left behind");
     }
     let instance = runtime_dir
         .file_name()
