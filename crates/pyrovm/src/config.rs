@@ -56,6 +56,10 @@ pub struct Config {
     pub pool_parallel_boots: usize,
     /// Snapshot clones for the pool classes: `[snapshot] enabled, warm, warm_timeout_ms`.
     pub snapshot: SnapshotConfig,
+    /// Commands each pooled VM runs while it waits, under software emulation (TCG)
+    /// only: the new VMM process's translation cache then already holds the runtimes'
+    /// start-up code when the job comes. Fixed commands, never user code. `[]`: off.
+    pub pool_prime: Vec<Vec<String>>,
     /// Tokens in force: from `token_file` and `TVM_TOKENS`, filled in by the binary.
     #[serde(skip)]
     pub tokens: Vec<String>,
@@ -91,6 +95,7 @@ impl Default for Config {
             }],
             pool_parallel_boots: cores,
             snapshot: SnapshotConfig::default(),
+            pool_prime: vec![vec!["/usr/bin/python3".into(), "-c".into(), "pass".into()]],
             insecure_no_auth: false,
             tokens: Vec::new(),
             limits: LimitBounds::default(),
@@ -123,6 +128,20 @@ impl Default for SnapshotConfig {
                 cmd(&["/bin/bash", "-c", ":"]),
             ],
             warm_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// How the pool starts VMs, from `pool_parallel_boots`, `[snapshot]` and `pool_prime`.
+    pub fn pool_options(&self) -> crate::pool::PoolOptions {
+        crate::pool::PoolOptions {
+            parallel_boots: self.pool_parallel_boots,
+            snapshot_warm: self.snapshot.warm_spec(),
+            prime: (!self.pool_prime.is_empty()).then(|| tvm_vmm::WarmSpec {
+                commands: self.pool_prime.clone(),
+                per_command: std::time::Duration::from_millis(self.snapshot.warm_timeout_ms),
+            }),
         }
     }
 }

@@ -52,27 +52,22 @@ impl Executor {
     }
 
     /// Starts the warm pool for these classes (needs a tokio runtime); once.
-    /// With `snapshots`, each class is first snapshotted and its VMs are clones.
+    /// With snapshots on, each class is first snapshotted and its VMs are clones.
     pub fn start_pool(
         &self,
         classes: &[crate::pool::PoolClass],
-        parallel_boots: usize,
-        snapshots: Option<tvm_vmm::WarmSpec>,
+        opts: crate::pool::PoolOptions,
     ) -> Option<Arc<crate::pool::Pool>> {
-        if classes.is_empty() || (snapshots.is_none() && classes.iter().all(|c| c.size == 0)) {
+        if classes.is_empty()
+            || (opts.snapshot_warm.is_none() && classes.iter().all(|c| c.size == 0))
+        {
             return None;
         }
         let specs = classes
             .iter()
             .map(|c| (self.spec_for(c.vcpus, c.memory_mb), c.size))
             .collect();
-        let pool = crate::pool::Pool::new(
-            self.vmm.clone(),
-            specs,
-            parallel_boots,
-            self.metrics.clone(),
-            snapshots,
-        );
+        let pool = crate::pool::Pool::new(self.vmm.clone(), specs, opts, self.metrics.clone());
         self.pool.set(pool.clone()).ok()?;
         Some(pool)
     }

@@ -50,8 +50,7 @@ pub struct Service {
     max_body_bytes: usize,
     tokens: Arc<middleware::Tokens>,
     pool: Vec<pool::PoolClass>,
-    pool_parallel_boots: usize,
-    snapshots: Option<tvm_vmm::WarmSpec>,
+    pool_options: pool::PoolOptions,
 }
 
 impl Service {
@@ -121,8 +120,7 @@ impl Service {
             max_body_bytes: config.max_body_bytes,
             tokens: Arc::new(middleware::Tokens::new(config.tokens.clone())),
             pool: config.pool.clone(),
-            pool_parallel_boots: config.pool_parallel_boots,
-            snapshots: config.snapshot.warm_spec(),
+            pool_options: config.pool_options(),
         })
     }
 
@@ -147,10 +145,9 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let pool =
-            state
-                .executor
-                .start_pool(&self.pool, self.pool_parallel_boots, self.snapshots.clone());
+        let pool = state
+            .executor
+            .start_pool(&self.pool, self.pool_options.clone());
         let app = self.router();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -200,6 +200,11 @@ impl Metrics {
         self.snapshots.set(n as i64);
     }
 
+    /// Executions running now.
+    pub fn inflight(&self) -> i64 {
+        self.inflight.get()
+    }
+
     pub fn inflight_guard(&self) -> InflightGuard<'_> {
         self.inflight.inc();
         InflightGuard(&self.inflight)

@@ -41,6 +41,23 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     /// Snapshot templates in the making (for drain to wait on).
     making: std::sync::atomic::AtomicUsize,
+    /// Warm-up every pooled VM runs before it counts as ready (software emulation only).
+    prime: Option<WarmSpec>,
+    /// Host cores: priming is skipped while this many executions run.
+    cores: usize,
+}
+
+/// How the pool starts its VMs.
+#[derive(Debug, Clone, Default)]
+pub struct PoolOptions {
+    /// Starts running at once (boots, restores, templates).
+    pub parallel_boots: usize,
+    /// Snapshot each class with this warm-up and start its VMs as clones.
+    pub snapshot_warm: Option<WarmSpec>,
+    /// Commands each pooled VM runs while it waits, so that under TCG the VMM's
+    /// translation cache already holds the runtimes' start-up code when a job comes.
+    /// Ignored by backends that are not software-emulated.
+    pub prime: Option<WarmSpec>,
 }
 
 impl Pool {
@@ -50,10 +67,14 @@ impl Pool {
     pub fn new(
         vmm: Arc<dyn Vmm>,
         classes: Vec<(VmSpec, usize)>,
-        parallel_boots: usize,
+        opts: PoolOptions,
         metrics: Arc<Metrics>,
-        snapshots: Option<WarmSpec>,
     ) -> Arc<Self> {
+        let snapshots = opts.snapshot_warm;
+        let prime = opts
+            .prime
+            .filter(|p| !p.commands.is_empty() && vmm.software_emulated());
+        let parallel_boots = opts.parallel_boots;
         let keep_empty = snapshots.is_some();
         let map = classes
             .into_iter()
@@ -75,6 +96,10 @@ impl Pool {
             closed: AtomicBool::new(false),
             metrics,
             making: std::sync::atomic::AtomicUsize::new(0),
+            prime,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         });
         let specs: Vec<VmSpec> = pool.lock().keys().cloned().collect();
         for spec in specs {
@@ -188,6 +213,26 @@ impl Pool {
         vm
     }
 
+    /// A VM for the pool: fresh, then primed (if priming is on); `None` on failure.
+    async fn pooled_vm(&self, spec: &VmSpec) -> Option<Vm> {
+        let mut vm = self
+            .fresh(spec)
+            .await
+            .map_err(|e| tracing::warn!(error = %crate::core::error_chain(&e), "pool boot failed"))
+            .ok()?;
+        // Priming is idle work: when executions already fill the cores it would
+        // steal their CPU (measured: c16 throughput fell 6x), so it is skipped then.
+        let busy = self.metrics.inflight() >= self.cores as i64;
+        if let Some(prime) = self.prime.as_ref().filter(|_| !busy) {
+            if let Err(e) = vm.warm(prime).await {
+                tracing::warn!(vm = %vm.id, error = %crate::core::error_chain(&e), "priming a pooled VM failed; discarded");
+                vm.destroy().await;
+                return None;
+            }
+        }
+        Some(vm)
+    }
+
     /// Starts boots until ready + booting reaches the target.
     fn refill(self: &Arc<Self>, spec: &VmSpec) {
         if self.closed.load(Ordering::Acquire) {
@@ -213,7 +258,7 @@ impl Pool {
             tokio::spawn(async move {
                 let booted = match pool.boots.clone().acquire_owned().await {
                     Ok(_permit) if !pool.closed.load(Ordering::Acquire) => {
-                        pool.fresh(&spec).await.map_err(|e| tracing::warn!(error = %crate::core::error_chain(&e), "pool boot failed")).ok()
+                        pool.pooled_vm(&spec).await
                     }
                     _ => None,
                 };

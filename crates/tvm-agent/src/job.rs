@@ -69,7 +69,11 @@ pub(crate) fn run(
 ) -> Result<ExitReport, JobError> {
     let _ = sys::set_clock(job.clock_unix_ns);
     let _ = sys::add_entropy(&job.entropy);
-    prepare_dirs(job.limits.workdir_bytes)?;
+    if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
+        resize_dirs(job.limits.workdir_bytes)?;
+    } else {
+        prepare_dirs(job.limits.workdir_bytes)?;
+    }
     write_file(&job.code_file, &job.code)?;
     for f in &job.files {
         write_file(&f.path, &f.content)?;
@@ -262,6 +266,40 @@ pub(crate) fn drop_into_sandbox(procs_fd: i32, fsize: u64) -> std::io::Result<()
         };
         check(libc::setrlimit(libc::RLIMIT_CORE, &core))?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+    }
+    Ok(())
+}
+
+/// Whether [`prepare_ahead`] mounted the work dirs already.
+static PREPARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Size the work dirs get until a job says otherwise (pyrovm's default `workdir_mb`).
+const AHEAD_WORKDIR_BYTES: u64 = 64 << 20;
+
+/// Job-independent setup done while the VM waits for its job, so a pooled VM has
+/// it behind it when the job comes: the empty work-dir and /tmp mounts and the job
+/// cgroup. Only fixed warm-up commands can run before the job, and they write nothing.
+pub(crate) fn prepare_ahead() {
+    if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    if prepare_dirs(AHEAD_WORKDIR_BYTES).is_ok() {
+        PREPARED.store(true, std::sync::atomic::Ordering::Release);
+    }
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
+    let _ = std::fs::create_dir_all("/sys/fs/cgroup/job");
+}
+
+/// Gives the mounted work dirs the job's size (a tmpfs remount keeps owner and mode).
+fn resize_dirs(workdir_bytes: u64) -> Result<(), JobError> {
+    if workdir_bytes == AHEAD_WORKDIR_BYTES {
+        return Ok(());
+    }
+    let opts = format!("size={workdir_bytes}");
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for dir in [WORK_DIR, "/tmp"] {
+        mount(None::<&str>, dir, None::<&str>, flags, Some(opts.as_str()))
+            .map_err(JobError::WorkDir)?;
     }
     Ok(())
 }

@@ -55,6 +55,7 @@ fn ready() -> GuestMsg {
 fn serve_until_job<T: std::io::Read + std::io::Write>(
     ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
 ) -> Result<Box<tvm_proto::Job>, tvm_proto::CodecError> {
+    job::prepare_ahead();
     ch.send(ready())?;
     loop {
         match ch.recv()? {

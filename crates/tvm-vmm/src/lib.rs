@@ -120,6 +120,13 @@ impl Vm {
     pub fn console_tail(&self, max: usize) -> String {
         self.process.console_tail(max)
     }
+
+    /// Runs fixed warm-up commands in this VM before it takes its job (no user code):
+    /// under software emulation this fills the VMM's translation cache with the
+    /// runtimes' start-up code, which a fresh VMM process (boot or restore) lacks.
+    pub async fn warm(&mut self, w: &WarmSpec) -> Result<(), VmmError> {
+        snapshot::warm(&mut self.channel, w).await
+    }
 }
 
 /// Backend-specific owner of a VMM process and its files. `Drop` must kill and clean up.
@@ -137,6 +144,12 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Boots a VM and waits (bounded) for its agent; retries a hung boot once.
     async fn start(&self, spec: &VmSpec) -> Result<Vm, VmmError>;
+
+    /// Whether guests run under software emulation (TCG): then a new VMM process
+    /// starts with an empty translation cache, and priming pooled VMs pays off.
+    fn software_emulated(&self) -> bool {
+        false
+    }
 
     /// Boots a template of this class, runs the warm-up in it, and freezes it into
     /// a [`Snapshot`] on tmpfs. The template VM is gone when this returns.

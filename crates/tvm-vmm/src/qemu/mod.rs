@@ -311,6 +311,10 @@ impl Vmm for QemuBackend {
         &self.name
     }
 
+    fn software_emulated(&self) -> bool {
+        self.cfg.accel.accel == Accel::Tcg
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<Vm, VmmError> {
         match self.boot_once(spec).await {
             Err(e @ (VmmError::BootTimeout { .. } | VmmError::ExitedDuringBoot { .. })) => {
