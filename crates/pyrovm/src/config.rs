@@ -31,6 +31,14 @@ pub struct Config {
     pub max_concurrency: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A client must send a request's headers within this (else the connection closes).
+    pub header_timeout_ms: u64,
+    /// ... and its whole body within this (else 408).
+    pub body_timeout_ms: u64,
+    /// On SIGTERM, in-flight executions get this long to finish; then they are cut.
+    pub drain_timeout_ms: u64,
+    /// Open client connections at most.
+    pub max_connections: usize,
     /// Per-attempt deadline for a guest to boot and say ready.
     pub boot_timeout_ms: u64,
     /// Guest RAM on top of the job's memory limit (kernel, agent, page cache).
@@ -78,6 +86,11 @@ impl Default for Config {
             runtime_dir: None,
             max_concurrency: (cores * 2).max(2),
             max_body_bytes: 16 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            // The longest execution (60 s) plus a boot and the host's slack.
+            drain_timeout_ms: 90_000,
+            max_connections: 1024,
             boot_timeout_ms: 15_000,
             guest_overhead_mb: 96,
             workdir_mb: 64,
@@ -214,6 +227,11 @@ impl Config {
                  (or pass --insecure-no-auth to accept unauthenticated requests from the network)",
                 self.listen
             )));
+        }
+        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 || self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "header_timeout_ms, body_timeout_ms and max_connections must be positive".into(),
+            ));
         }
         if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
             return Err(ConfigError::Invalid(

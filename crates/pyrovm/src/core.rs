@@ -21,14 +21,28 @@ pub enum CoreError {
     AtCapacity(usize),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("the runtime dir has only {free_kib} KiB free; retry shortly")]
+    NoSpace { free_kib: u64 },
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A VM dir needs a few files (logs, pid, sockets): below this much free space
+/// in the runtime dir a start would fail half-way, so admission refuses first.
+pub const MIN_FREE_BYTES: u64 = 4 << 20;
+
+/// Bytes available to us on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+#[derive(Debug, Clone)]
 pub struct CoreSettings {
     pub max_concurrency: usize,
     pub guest_overhead_mb: u64,
     pub workdir_mb: u64,
     pub host_deadline_slack: Duration,
+    /// Where VM dirs go; admission checks it has `min_free_bytes` free.
+    pub runtime_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -97,6 +111,14 @@ impl Executor {
     /// Takes an execution slot or refuses at once (429 / 503 upstream).
     pub fn admit(&self) -> Result<Admitted, CoreError> {
         let received = Instant::now();
+        if let Some(free) = self.settings.runtime_dir.as_deref().and_then(free_bytes) {
+            if free < MIN_FREE_BYTES {
+                self.metrics.rejected("no_space");
+                return Err(CoreError::NoSpace {
+                    free_kib: free / 1024,
+                });
+            }
+        }
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admitted {
                 _permit: permit,

@@ -116,7 +116,7 @@ pub fn core_status(e: CoreError) -> Status {
             e.to_string(),
             ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
         ),
-        CoreError::ShuttingDown => Status::with_error_details(
+        CoreError::ShuttingDown | CoreError::NoSpace { .. } => Status::with_error_details(
             tonic::Code::Unavailable,
             e.to_string(),
             ErrorDetails::with_retry_info(Some(Duration::from_secs(5))),

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod listen;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
@@ -51,6 +52,8 @@ pub struct Service {
     tokens: Arc<middleware::Tokens>,
     pool: Vec<pool::PoolClass>,
     pool_options: pool::PoolOptions,
+    listen: listen::ListenOptions,
+    body_timeout: Duration,
 }
 
 impl Service {
@@ -105,6 +108,7 @@ impl Service {
                 guest_overhead_mb: config.guest_overhead_mb,
                 workdir_mb: config.workdir_mb,
                 host_deadline_slack: Duration::from_millis(config.host_deadline_slack_ms),
+                runtime_dir: Some(runtime.dir().to_path_buf()),
             },
             metrics,
         );
@@ -121,6 +125,12 @@ impl Service {
             tokens: Arc::new(middleware::Tokens::new(config.tokens.clone())),
             pool: config.pool.clone(),
             pool_options: config.pool_options(),
+            listen: listen::ListenOptions {
+                header_timeout: Duration::from_millis(config.header_timeout_ms),
+                drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+                max_connections: config.max_connections,
+            },
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         })
     }
 
@@ -134,11 +144,17 @@ impl Service {
     }
 
     pub fn router(&self) -> axum::Router {
-        server::router(self.state.clone(), self.max_body_bytes, self.tokens.clone())
+        server::router(
+            self.state.clone(),
+            self.max_body_bytes,
+            self.body_timeout,
+            self.tokens.clone(),
+        )
     }
 
     /// Serves until `shutdown` resolves, then stops admitting, lets in-flight
-    /// executions finish, and removes the runtime dir.
+    /// executions finish (up to `drain_timeout_ms`, then cuts them: their VMs are
+    /// destroyed), and removes the runtime dir.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -149,16 +165,21 @@ impl Service {
             .executor
             .start_pool(&self.pool, self.pool_options.clone());
         let app = self.router();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                state
-                    .ready
-                    .store(false, std::sync::atomic::Ordering::Release);
-                state.executor.close();
-                tracing::info!("shutting down: no new executions; finishing in-flight ones");
-            })
-            .await?;
+        let drained = listen::serve(listener, app, self.listen, async move {
+            shutdown.await;
+            state
+                .ready
+                .store(false, std::sync::atomic::Ordering::Release);
+            state.executor.close();
+            tracing::info!("shutting down: no new executions; finishing in-flight ones");
+        })
+        .await?;
+        if let listen::Drained::Cut(n) = drained {
+            tracing::warn!(
+                connections = n,
+                "in-flight requests cut at the drain deadline"
+            );
+        }
         if let Some(pool) = pool {
             pool.drain().await;
         }

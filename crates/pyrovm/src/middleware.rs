@@ -1,4 +1,4 @@
-//! Cross-cutting HTTP concerns: request ids and bearer-token auth.
+//! Cross-cutting HTTP concerns: request ids, bearer-token auth, the body deadline.
 
 use std::sync::Arc;
 
@@ -12,6 +12,40 @@ use tracing::Instrument;
 use crate::server::Failure;
 
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// Settings of [`body_deadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub timeout: std::time::Duration,
+    pub max_bytes: usize,
+}
+
+/// Reads the whole request body within a total deadline (a client trickling a
+/// byte at a time cannot hold a worker), answering 408 when it does not arrive
+/// and 413 when it is too large; the handler then gets the buffered body.
+pub async fn body_deadline(State(d): State<BodyDeadline>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(d.timeout, axum::body::to_bytes(body, d.max_bytes)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.is::<http_body_util::LengthLimitError>();
+                cause = c.source();
+            }
+            if too_large {
+                Failure::BodyTooLarge.into_response()
+            } else {
+                Failure::BadBody(format!("cannot read the request body: {e}")).into_response()
+            }
+        }
+        Err(_) => Failure::BodyTimeout(d.timeout).into_response(),
+    }
+}
 
 /// A client-supplied id is kept when it is 1–128 of `[A-Za-z0-9._-]`.
 pub fn well_formed_request_id(id: &str) -> bool {

@@ -268,7 +268,12 @@ pub async fn execute(
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
             return r;
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            return r;
+        }
     };
     // Run with live output so `output` keeps the true interleaving of the two streams.
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);

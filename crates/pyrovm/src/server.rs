@@ -40,6 +40,7 @@ pub struct AppState {
 pub enum Failure {
     Invalid(ValidationError),
     BodyTooLarge,
+    BodyTimeout(std::time::Duration),
     BadBody(String),
     Core(CoreError),
     NotFound,
@@ -57,6 +58,15 @@ impl IntoResponse for Failure {
                 "request body is larger than the server accepts".to_string(),
                 None,
             ),
+            Failure::BodyTimeout(d) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    d.as_millis()
+                ),
+                None,
+            ),
             Failure::BadBody(m) => (StatusCode::BAD_REQUEST, "bad_body", m, None),
             Failure::Core(e @ CoreError::AtCapacity(_)) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -67,6 +77,12 @@ impl IntoResponse for Failure {
             Failure::Core(e @ CoreError::ShuttingDown) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
+                e.to_string(),
+                Some("5"),
+            ),
+            Failure::Core(e @ CoreError::NoSpace { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_space",
                 e.to_string(),
                 Some("5"),
             ),
@@ -108,7 +124,12 @@ impl IntoResponse for Failure {
     }
 }
 
-pub fn router(state: Arc<AppState>, max_body_bytes: usize, tokens: Arc<Tokens>) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    max_body_bytes: usize,
+    body_timeout: std::time::Duration,
+    tokens: Arc<Tokens>,
+) -> Router {
     Router::new()
         .route("/v1/execute", post(execute))
         .route("/v1/execute/stream", post(execute_stream))
@@ -120,6 +141,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, tokens: Arc<Tokens>) 
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::serve))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Outside the limit layer: the whole body must arrive within the deadline.
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::BodyDeadline {
+                timeout: body_timeout,
+                max_bytes: max_body_bytes,
+            },
+            middleware::body_deadline,
+        ))
         .with_state(state.clone())
         // gRPC (HTTP/2) on the same port; then our fallback replaces tonic's.
         .merge(crate::grpc::router(state))
@@ -172,6 +201,7 @@ fn log_finished(resp: &ExecuteResponse) {
         (status = 200, description = "The sandbox ran (the program's own failure is still 200)", body = ExecuteResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within body_timeout_ms", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
         (status = 503, description = "Not ready or shutting down; see Retry-After", body = ErrorBody),
@@ -199,6 +229,7 @@ const SSE_KEEPALIVE: Duration = Duration::from_secs(1);
         (status = 200, description = "Server-Sent Events: `stdout`/`stderr` (data: text), then `exit` (data: StreamExit JSON)", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within body_timeout_ms", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
         (status = 503, description = "Not ready or shutting down", body = ErrorBody),

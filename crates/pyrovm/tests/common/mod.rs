@@ -221,3 +221,107 @@ pub fn check_schema(schema: &Value, value: &Value, what: &str) {
         "{what}: response does not match the OpenAPI schema: {errors:#?}\n{value}"
     );
 }
+
+/// A `pyrovm` binary started with `extra` TOML config lines, its own runtime root
+/// and a free loopback port; killed (SIGKILL) on drop if still running.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub url: String,
+    pub runtime_root: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Starts it and waits (bounded) for `/healthz`; `None` (skip) without an image.
+    pub async fn start(extra: &str) -> Option<Self> {
+        let image = image_dir()?;
+        let runtime_root = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let cfg = runtime_root.path().join("pyrovm.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nimage_dir = \"{}\"\nruntime_dir = \"{}\"\n{extra}",
+                image.display(),
+                runtime_root.path().join("run").display()
+            ),
+        )
+        .expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pyrovm"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn pyrovm");
+        let me = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            runtime_root,
+        };
+        me.wait_healthy().await;
+        Some(me)
+    }
+
+    pub fn run_root(&self) -> PathBuf {
+        self.runtime_root.path().join("run")
+    }
+
+    pub async fn wait_healthy(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(format!("{}/healthz", self.url))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pyrovm did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Value of a metric (summed over label sets; 0 if absent or unreachable).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(resp) = reqwest::get(format!("{}/metrics", self.url)).await else {
+            return 0.0;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal pyrovm");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pyrovm did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
