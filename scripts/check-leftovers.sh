@@ -10,4 +10,12 @@ dirs=$(find /tmp /run/tvm -maxdepth 4 -path '*/vms/*' -type d 2>/dev/null | grep
 if [ -n "$dirs" ]; then
   echo "leftover VM dirs:"; echo "$dirs"; exit 1
 fi
-echo "==> no VMM process or VM dir left behind"
+shm=$(find /dev/shm/tvm -mindepth 1 -maxdepth 1 -type d 2>/dev/null || true)
+if [ -n "$shm" ]; then
+  echo "leftover snapshot dirs on /dev/shm:"; echo "$shm"; exit 1
+fi
+cg=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 4 -path '*/tvm/*' -type d 2>/dev/null || true)
+if [ -n "$cg" ]; then
+  echo "leftover host cgroups:"; echo "$cg"; exit 1
+fi
+echo "==> no VMM process, VM dir, snapshot dir or host cgroup left behind"
