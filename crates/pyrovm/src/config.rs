@@ -51,7 +51,8 @@ pub struct Config {
     pub firecracker_bin: Option<PathBuf>,
     /// Jailer binary (else `$TVM_JAILER_BIN`, else `jailer` on PATH).
     pub jailer_bin: Option<PathBuf>,
-    /// Jailed Firecracker processes run as uid/gid `jail_uid_base + n`, n < `jail_uid_count`.
+    /// Jailed Firecracker processes, and QEMU processes when pyrovm runs as root, run
+    /// as uid `jail_uid_base + n`, n < `jail_uid_count` (no two live VMs share one).
     pub jail_uid_base: u32,
     pub jail_uid_count: u32,
     /// File with bearer tokens, one per line (also `--token-file`).
@@ -263,6 +264,55 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().check().unwrap();
+    }
+
+    #[test]
+    fn snapshot_and_prime_settings_reach_the_pool() {
+        let c = Config::default();
+        let o = c.pool_options();
+        let warm = o.snapshot_warm.unwrap();
+        assert!(warm.commands.iter().any(|c| c[0] == "/usr/bin/python3"));
+        assert_eq!(warm.per_command.as_millis(), 30_000);
+        assert!(o.prime.is_some());
+        let off = Config {
+            snapshot: SnapshotConfig {
+                enabled: false,
+                ..SnapshotConfig::default()
+            },
+            pool_prime: Vec::new(),
+            ..Config::default()
+        };
+        let o = off.pool_options();
+        assert!(o.snapshot_warm.is_none() && o.prime.is_none());
+        let parsed: Config = toml::from_str(
+            "pool_prime = []
+[snapshot]
+enabled = false
+warm = [[\"/bin/true\"]]
+",
+        )
+        .unwrap();
+        assert!(!parsed.snapshot.enabled);
+        assert_eq!(parsed.snapshot.warm, vec![vec!["/bin/true".to_string()]]);
+        assert!(toml::from_str::<Config>(
+            "[snapshot]
+enable = true
+"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn connection_deadlines_must_be_positive() {
+        for tweak in [
+            |c: &mut Config| c.header_timeout_ms = 0,
+            |c: &mut Config| c.body_timeout_ms = 0,
+            |c: &mut Config| c.max_connections = 0,
+        ] {
+            let mut c = Config::default();
+            tweak(&mut c);
+            assert!(matches!(c.check(), Err(ConfigError::Invalid(_))));
+        }
     }
 
     #[test]
