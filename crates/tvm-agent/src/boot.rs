@@ -68,7 +68,9 @@ pub(crate) fn boot() -> Result<BootConfig, AgentError> {
         &cfg.rootfs_dev,
         "/newroot",
         &cfg.rootfs_type,
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        // nosuid: the rootfs ships setuid-root programs (mount, su, ...); no_new_privs
+        // already neuters them for the job, this is the second layer.
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
         None,
     )?;
     mount_fs(
@@ -103,6 +105,9 @@ pub(crate) fn boot() -> Result<BootConfig, AgentError> {
     // Allocations succeed and the job's cgroup OOM-kills it, so a memory hog is
     // reported as `memory_limit` rather than as the program's own MemoryError.
     let _ = fs::write("/proc/sys/vm/overcommit_memory", "1");
+    // The kernel log (/dev/kmsg, syslog(2)) is the guest's, not the job's: without
+    // this the job user could read it (the kernel is built without DMESG_RESTRICT).
+    let _ = fs::write("/proc/sys/kernel/dmesg_restrict", "1");
     crate::sys::loopback_up();
     let _ = nix::unistd::sethostname("sandbox");
     Ok(cfg)
