@@ -184,6 +184,9 @@ pub fn select(
             image,
             accel: h.accel,
             boot_timeout,
+            // As root, each QEMU runs as its own uid from the range jailed Firecrackers use.
+            uid_base: config.jail_uid_base,
+            uid_count: config.jail_uid_count,
         },
         runtime,
     )

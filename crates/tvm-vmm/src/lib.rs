@@ -7,6 +7,7 @@
 //! directories and the reaping of a crashed instance's leftovers in [`runtime`].
 
 pub mod accel;
+pub mod cgroups;
 pub mod firecracker;
 pub mod qemu;
 mod qmp;

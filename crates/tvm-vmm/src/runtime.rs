@@ -3,15 +3,16 @@
 //! ```text
 //! <root>/<instance-id>/owner        "<pid> <starttime>" of the service instance
 //! <root>/<instance-id>/vms/<vm-id>/ vmm.pid, console.log, vmm.log, agent.sock
-//! <snapshots>/<snapshot-id>/         memory, state (VM snapshots, kept in RAM)
+//! <snapshots>/<snapshot-id>/         state (+ memory for Firecracker; kept in RAM)
 //! ```
 //! `<snapshots>` is `<root>/<instance-id>/snapshots` when the root is on tmpfs, else
 //! `/dev/shm/tvm/<instance-id>` (with its own `owner` file, reaped the same way),
 //! so a snapshot never lands on a disk.
-//! Everything is 0700. On start, [`Runtime::create`] reaps instances whose owner is
-//! gone: it kills their VMM processes (checked by command line, so a reused pid is
-//! never killed) and removes their directories. Dropping the `Runtime` removes its
-//! own directory.
+//! Everything is 0700 and the service's, except that a backend may hand a VM dir to
+//! the VM's unprivileged uid (QEMU does). On start, [`Runtime::create`] reaps
+//! instances whose owner is gone: it kills their VMM processes (checked by command
+//! line, so a reused pid is never killed) and removes their cgroups and directories.
+//! Dropping the `Runtime` removes its own directory and cgroups.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -34,7 +35,20 @@ pub struct Runtime {
 }
 
 /// Where snapshots go when the runtime root is not on tmpfs.
+/// Where snapshots go when the runtime root is not on tmpfs (for root; other users
+/// get `/dev/shm/tvm-<uid>`, see [`shm_root`]).
 pub const SHM_ROOT: &str = "/dev/shm/tvm";
+
+/// [`SHM_ROOT`] for root, `/dev/shm/tvm-<uid>` for anyone else: a dir another user
+/// made first (0700) would otherwise stop the start.
+pub fn shm_root() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        PathBuf::from(SHM_ROOT)
+    } else {
+        PathBuf::from(format!("{SHM_ROOT}-{uid}"))
+    }
+}
 
 /// Whether `p` is on a tmpfs (RAM-backed).
 pub fn on_tmpfs(p: &Path) -> bool {
@@ -82,7 +96,7 @@ impl Runtime {
         let (snapshots, shm_dir) = if on_tmpfs(&dir) {
             (dir.join("snapshots"), None)
         } else {
-            let shm_root = Path::new(SHM_ROOT);
+            let shm_root = &shm_root();
             // Reaping what a crashed instance left on /dev/shm is as important as on disk.
             if mkdir_private(shm_root).is_ok() {
                 let r = reap_stale(shm_root);
@@ -137,8 +151,11 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
+impl Runtime {
+    /// Kills any VMM still recorded, removes the instance's cgroups and its dirs.
+    /// Idempotent; the service calls it when it stops (a task still holding a
+    /// reference must not keep the dir alive), and `Drop` calls it again.
+    pub fn remove(&self) {
         for vm in self.vm_dirs() {
             kill_vmm_of(&vm);
         }
@@ -147,6 +164,12 @@ impl Drop for Runtime {
         if let Some(shm) = &self.shm_dir {
             let _ = fs::remove_dir_all(shm);
         }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -214,13 +237,7 @@ fn remove_instance_cgroups(instance_dir: &Path) {
     else {
         return;
     };
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let (v2, v1) = crate::firecracker::jailer::cgroup_mounts(&mounts);
-    let all: Vec<PathBuf> = v2
-        .into_iter()
-        .chain(v1.into_iter().map(|(p, _)| p))
-        .collect();
-    crate::firecracker::jailer::remove_cgroups(&all, &format!("tvm/{name}"), None);
+    crate::cgroups::remove_cgroups(&crate::cgroups::all_mounts(), &format!("tvm/{name}"), None);
 }
 
 /// Reaps every instance under `root` whose owner process is gone.

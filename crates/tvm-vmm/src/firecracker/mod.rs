@@ -31,7 +31,8 @@ use self::api::{
     ActionType, ApiCall, ApiClient, BootSource, Drive, EntropyDevice, Logger, MachineConfiguration,
     Vsock,
 };
-use self::jailer::{CgroupVersion, JailerArgs, VmmLimits};
+use self::jailer::JailerArgs;
+use crate::cgroups::{self, CgroupVersion, VmmLimits};
 use crate::runtime::{Runtime, VMM_PID_FILE};
 use crate::{
     io_err, AgentChannel, GuestImage, Snapshot, Vm, VmProcess, VmSpec, Vmm, VmmError, WarmSpec,
@@ -133,7 +134,7 @@ impl FirecrackerBackend {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (cgroup_version, cgroup_mounts) = jailer::detect_cgroups();
+        let (cgroup_version, cgroup_mounts) = cgroups::detect_cgroups();
         // Firecracker is the jailer's child; when the jailer exits it is reparented. As a
         // subreaper, that parent is us, so teardown can reap it instead of leaving a
         // zombie to whatever init the host (or container) has.
@@ -185,10 +186,7 @@ impl FirecrackerBackend {
                 .map_err(|e| VmmError::Snapshot(format!("placing files in the jail: {e}")))??;
         }
 
-        let limits = VmmLimits {
-            memory_bytes: (spec.memory_mb + VMM_OVERHEAD_MIB) << 20,
-            cpu_quota_us: u64::from(spec.vcpus + 1) * jailer::CPU_PERIOD_US,
-        };
+        let limits = VmmLimits::for_vm(spec.vcpus, spec.memory_mb, VMM_OVERHEAD_MIB);
         let args = jailer::jailer_command_line(&JailerArgs {
             id: &id,
             exec_file: &self.cfg.firecracker,
@@ -197,7 +195,7 @@ impl FirecrackerBackend {
             chroot_base: &self.jail_base,
             cgroup_version: self.cgroup_version,
             parent_cgroup: &self.parent_cgroup,
-            cgroups: jailer::cgroup_settings(self.cgroup_version, limits),
+            cgroups: cgroups::cgroup_settings(self.cgroup_version, limits),
             api_sock: API_SOCK,
         });
         let console = std::fs::File::create(vm_dir.join("console.log"))
@@ -565,17 +563,7 @@ impl FcProcess {
         }
         let _ = std::fs::remove_dir_all(&self.jail);
         // A cgroup can be removed only once every thread of the VMM has left it.
-        loop {
-            jailer::remove_cgroups(&self.cgroup_mounts, &self.parent_cgroup, Some(&self.id));
-            let left = self
-                .cgroup_mounts
-                .iter()
-                .any(|m| m.join(&self.parent_cgroup).join(&self.id).exists());
-            if !left || Instant::now() >= until {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        cgroups::remove_vm_cgroup(&self.cgroup_mounts, &self.parent_cgroup, &self.id, until);
         let _ = std::fs::remove_dir_all(&self.vm_dir);
     }
 }
