@@ -184,7 +184,9 @@ impl Service {
             pool.drain().await;
         }
         drop(self.state);
-        // Runtime's Drop kills any VMM still recorded and removes the dir.
+        // Kill any VMM still recorded and remove the dir now, even if a finishing
+        // background task still holds a reference to the runtime.
+        self.runtime.remove();
         drop(self.runtime);
         Ok(())
     }

@@ -272,15 +272,21 @@ impl Pool {
                             pool.metrics.pool_size(&spec, c.ready.len());
                             None
                         }
-                        (Some(c), vm) => {
+                        (Some(c), None) => {
                             c.booting -= 1;
-                            vm
+                            None
                         }
+                        // Closed: destroy it first, and only then stop counting it as
+                        // booting, so drain() does not return while it still exists.
+                        (Some(_), Some(vm)) => Some(vm),
                         (None, vm) => vm,
                     }
                 };
                 if let Some(vm) = leftover {
                     vm.destroy().await;
+                    if let Some(c) = pool.lock().get_mut(&spec) {
+                        c.booting -= 1;
+                    }
                 }
             });
         }
