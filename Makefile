@@ -12,7 +12,7 @@ AGENT := target/$(TARGET)/release/tvm-agent
 PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
             mmdebstrap erofs-utils xz-utils curl ca-certificates
 
-.PHONY: run test bench soak deps agent build image lint unit check-leftovers clean
+.PHONY: run test bench soak fuzz deps agent build image lint unit check-leftovers clean
 
 run: image build
 	@echo "==> pyrovm on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
@@ -23,6 +23,11 @@ test: image lint
 	@echo "==> short soak (100 mixed executions; \`make soak\` runs 1000)"
 	SOAK_N=100 PYROVM_BIN=target/debug/pyrovm TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 	$(MAKE) --no-print-directory check-leftovers
+
+# Fuzz the API parsers and the agent protocol decoder, FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # ≥ 1,000 mixed executions (normal, timeout, OOM, crash, flood, invalid), then leak checks.
 soak: image build
