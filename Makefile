@@ -12,14 +12,17 @@ AGENT := target/$(TARGET)/release/tvm-agent
 PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
             mmdebstrap erofs-utils xz-utils curl ca-certificates
 
-.PHONY: run test bench soak fuzz deps agent build image lint unit check-leftovers clean
+.PHONY: run test bench soak fuzz deps agent build image guest-image oci-deps oci-image lint unit check-leftovers clean
 
-run: image build
+OCI_OUT ?= target/oci
+OCI_FLAGS := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER) --jailer $(JAILER))
+
+run: guest-image build
 	@echo "==> pyrovm on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
 	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyrovm --listen $(LISTEN)
 
 test: image lint
-	TVM_REQUIRE_VM=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
+	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
 	@echo "==> short soak (100 mixed executions; \`make soak\` runs 1000)"
 	SOAK_N=100 PYROVM_BIN=target/debug/pyrovm TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 	$(MAKE) --no-print-directory check-leftovers
@@ -30,11 +33,11 @@ fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # ≥ 1,000 mixed executions (normal, timeout, OOM, crash, flood, invalid), then leak checks.
-soak: image build
+soak: guest-image build
 	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 
 # A benchmark, not a test: latency, throughput, overhead and memory against baselines.
-bench: image
+bench: guest-image
 	@command -v bwrap >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap
 	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/bench.py
 
@@ -50,11 +53,21 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tvm-agent --target $(TARGET)
 
 build:
-	cargo build --release -p pyrovm -p tvm-cli
+	cargo build --release -p pyrovm -p tvm-cli -p tvm-deploy
 
-# Cached outside the repo by recipe hash: only changed parts are rebuilt.
-image: deps agent build
+# Both images: the guest image, then pyrovm's OCI image that carries it (docs/deploy.md).
+image: guest-image oci-image
+
+# The guest image, cached outside the repo by recipe hash: only changed parts are rebuilt.
+guest-image: deps agent build
 	$(SUDO) env TVM_CACHE_DIR=$(CACHE) ./target/release/tvm image build --agent $(AGENT)
+
+oci-deps:
+	@$(MAKE) --no-print-directory deps PACKAGES="mmdebstrap umoci skopeo"
+
+# pyrovm's OCI image without a Docker daemon (mmdebstrap, umoci, skopeo); FIRECRACKER=… JAILER=… add them.
+oci-image: guest-image oci-deps
+	$(SUDO) env TVM_CACHE_DIR=$(CACHE) ./target/release/tvm-oci --pyrovm target/release/pyrovm --image-dir $(CACHE)/current --out $(OCI_OUT) $(OCI_FLAGS)
 
 lint:
 	cargo fmt --all --check
