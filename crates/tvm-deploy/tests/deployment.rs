@@ -415,8 +415,3 @@ fn the_containerfile_builds_the_same_image() {
         env!("CARGO_PKG_VERSION")
     )));
 }
-
-#[test]
-fn cache_dir_rule_matches_tvm_image() {
-    assert_eq!(tvm_deploy::oci::tvm_cache_dir(), tvm_image::cache_dir());
-}

@@ -352,27 +352,7 @@ fn host_sources() -> Vec<PathBuf> {
     {
         return Vec::new();
     }
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-        .into_iter()
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("list" | "sources")
-            )
-        })
-        .filter(|p| {
-            fs::read_to_string(p).is_ok_and(|t| {
-                t.lines()
-                    .any(|l| !l.trim_start().starts_with('#') && l.contains(SUITE))
-            })
-        })
-        .collect()
+    crate::apt_source_files(Path::new("/etc/apt"), SUITE)
 }
 
 fn rootfs(

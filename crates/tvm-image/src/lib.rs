@@ -24,6 +24,38 @@ pub use build::{build, BuildOptions, BuildReport, ImageError, PartReport};
 pub use initramfs::write_initramfs;
 pub use recipe::{kernel_key, rootfs_key, KERNEL_FRAGMENT};
 
+/// The apt source files under `apt_dir` (classic `sources.list` and `sources.list.d/*.list`,
+/// or deb822 `*.sources`) with an active line naming `suite` (or `suite-updates` and the
+/// like), in apt's order. Shared by the guest rootfs and the OCI base image builders.
+pub fn apt_source_files(apt_dir: &Path, suite: &str) -> Vec<PathBuf> {
+    let mut files = vec![apt_dir.join("sources.list")];
+    if let Ok(rd) = std::fs::read_dir(apt_dir.join("sources.list.d")) {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    let suite_dash = format!("{suite}-");
+    files
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("list" | "sources")
+            )
+        })
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| {
+                t.lines().any(|l| {
+                    let l = l.trim_start();
+                    !l.starts_with('#')
+                        && l.split_whitespace()
+                            .any(|w| w == suite || w.starts_with(&suite_dash))
+                })
+            })
+        })
+        .collect()
+}
+
 /// `$TVM_CACHE_DIR`, else `$XDG_CACHE_HOME/tvm`, else `~/.cache/tvm`.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("TVM_CACHE_DIR") {

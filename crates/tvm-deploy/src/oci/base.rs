@@ -64,7 +64,7 @@ impl Host {
             }
         };
         let sources = if known && suite == codename {
-            host_sources(apt_dir, &suite)
+            tvm_image::apt_source_files(apt_dir, &suite)
         } else {
             Vec::new()
         };
@@ -155,33 +155,6 @@ impl Host {
         fs::rename(&tmp, &out).map_err(io(format!("rename to {}", out.display())))?;
         Ok(out)
     }
-}
-
-/// The host's apt source files that mention `suite` (classic `.list` or deb822 `.sources`).
-fn host_sources(apt_dir: &Path, suite: &str) -> Vec<PathBuf> {
-    let mut files = vec![apt_dir.join("sources.list")];
-    if let Ok(rd) = fs::read_dir(apt_dir.join("sources.list.d")) {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-        .into_iter()
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("list" | "sources")
-            )
-        })
-        .filter(|p| {
-            fs::read_to_string(p).is_ok_and(|t| {
-                t.lines().any(|l| {
-                    let l = l.trim_start();
-                    !l.starts_with('#') && l.split_whitespace().any(|w| w == suite)
-                })
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -108,20 +108,8 @@ impl BuildOptions {
     }
 }
 
-/// TVM's cache dir, by the same rule as `tvm_image::cache_dir` (`$TVM_CACHE_DIR`,
-/// `$XDG_CACHE_HOME/tvm`, `~/.cache/tvm`).
-pub fn tvm_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TVM_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("tvm");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    home.join(".cache").join("tvm")
-}
+/// TVM's cache dir: the guest image's own rule.
+pub use tvm_image::cache_dir as tvm_cache_dir;
 
 /// What a build produced (also written to `<out>/pyrovm.oci.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
