@@ -16,9 +16,10 @@ use common::{
 use serde_json::{json, Value};
 
 /// Per-VM memory beyond guest RAM (MiB): Firecracker's cgroup allowance, also what a QEMU/KVM
-/// process needs; TCG adds its translation cache.
+/// process needs; TCG adds its translation cache (measured: QEMU's own 57–70 MiB plus a
+/// translation cache of up to 106 MiB, capped at 256 by `tb-size`; see ARCHITECTURE.md).
 const VMM_OVERHEAD_KVM_MB: u64 = 64;
-const VMM_OVERHEAD_TCG_MB: u64 = 128;
+const VMM_OVERHEAD_TCG_MB: u64 = 192;
 /// Measured idle snapshot clone, primed (26 MiB unprimed); see README "Speed".
 const IDLE_CLONE_MB: u64 = 58;
 /// pyrovm's own RSS allowance.
