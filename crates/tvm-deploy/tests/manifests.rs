@@ -87,6 +87,9 @@ fn kustomize_renders_base_istio_and_tcg() {
 
 #[test]
 fn every_object_validates_against_the_upstream_schemas() {
+    if common::specs_dir().is_none() {
+        return;
+    }
     let schemas = common::schemas::shared();
     common::for_each_overlay(|overlay, objs| {
         let mut failures = Vec::new();
@@ -108,6 +111,9 @@ fn every_object_validates_against_the_upstream_schemas() {
 /// The validators must actually refuse things, or the test above proves nothing.
 #[test]
 fn the_validators_refuse_unknown_fields_bad_values_and_broken_rules() {
+    if common::specs_dir().is_none() {
+        return;
+    }
     let schemas = common::schemas::shared();
     let Some(objs) = common::rendered_overlay("istio") else {
         return;
