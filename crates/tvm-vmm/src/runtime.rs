@@ -275,7 +275,9 @@ mod tests {
 
     #[test]
     fn instance_dir_is_private_and_removed_on_drop() {
-        let root = tempfile::tempdir().unwrap();
+        // A root on tmpfs keeps snapshots inside it, so this test neither touches nor
+        // counts what other instances left in /dev/shm/tvm.
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
         let (rt, report) = Runtime::create(root.path()).unwrap();
         assert_eq!(report, ReapReport::default());
         let mode = fs::metadata(rt.dir()).unwrap().permissions().mode() & 0o777;
@@ -287,6 +289,7 @@ mod tests {
         );
         let snap = rt.snapshot_dir("s1").unwrap();
         assert!(on_tmpfs(&snap), "snapshots live in RAM: {}", snap.display());
+        assert!(snap.starts_with(rt.dir()), "a tmpfs root keeps its snapshots");
         assert_eq!(
             fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
             0o700
