@@ -289,7 +289,10 @@ mod tests {
         );
         let snap = rt.snapshot_dir("s1").unwrap();
         assert!(on_tmpfs(&snap), "snapshots live in RAM: {}", snap.display());
-        assert!(snap.starts_with(rt.dir()), "a tmpfs root keeps its snapshots");
+        assert!(
+            snap.starts_with(rt.dir()),
+            "a tmpfs root keeps its snapshots"
+        );
         assert_eq!(
             fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
             0o700
