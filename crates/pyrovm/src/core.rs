@@ -25,6 +25,20 @@ pub enum CoreError {
     NoSpace { free_kib: u64 },
 }
 
+/// Boots a VM the slow way, counting it (`tvm_vm_boots_total`) and its boot time.
+pub(crate) async fn cold_boot(
+    vmm: &dyn Vmm,
+    spec: &tvm_vmm::VmSpec,
+    metrics: &Metrics,
+) -> Result<tvm_vmm::Vm, tvm_vmm::VmmError> {
+    metrics.vm_boots.inc();
+    let r = vmm.start(spec).await;
+    if let Ok(vm) = &r {
+        metrics.boot_seconds.observe(vm.boot_time.as_secs_f64());
+    }
+    r
+}
+
 /// A VM dir needs a few files (logs, pid, sockets): below this much free space
 /// in the runtime dir a start would fail half-way, so admission refuses first.
 pub const MIN_FREE_BYTES: u64 = 4 << 20;
@@ -158,16 +172,7 @@ impl Executor {
         let started = match (pooled, pool) {
             (Some(vm), _) => Ok(vm),
             (None, Some(pool)) => pool.fresh(&spec).await,
-            (None, None) => {
-                self.metrics.vm_boots.inc();
-                let r = self.vmm.start(&spec).await;
-                if let Ok(vm) = &r {
-                    self.metrics
-                        .boot_seconds
-                        .observe(vm.boot_time.as_secs_f64());
-                }
-                r
-            }
+            (None, None) => cold_boot(self.vmm.as_ref(), &spec, &self.metrics).await,
         };
         let vm = match started {
             Ok(vm) => vm,

@@ -180,13 +180,7 @@ impl Pool {
                 }
             }
         }
-        self.metrics.vm_boots.inc();
-        let started = std::time::Instant::now();
-        let r = self.vmm.start(spec).await;
-        self.metrics
-            .boot_seconds
-            .observe(started.elapsed().as_secs_f64());
-        r
+        crate::core::cold_boot(self.vmm.as_ref(), spec, &self.metrics).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VmSpec, ClassState>> {
