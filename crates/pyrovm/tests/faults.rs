@@ -191,37 +191,7 @@ async fn pyrovm_killed_mid_request_is_reaped_on_the_next_start() {
     );
 
     // The next start (same runtime root) reaps all of it.
-    let extra = "pool = []\n";
-    let image = common::image_dir().expect("image");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let cfg = first.runtime_root.path().join("second.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nimage_dir = \"{}\"\nruntime_dir = \"{}\"\n{extra}",
-            image.display(),
-            root.display()
-        ),
-    )
-    .expect("config");
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pyrovm"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("restart");
-    let up = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < up, "restart did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    first.restart("pool = []\n").await;
     let reaped = count(&root, &instance);
     eprintln!("fault | pyrovm SIGKILL | after restart: {reaped:?}");
     assert_eq!(
@@ -229,12 +199,8 @@ async fn pyrovm_killed_mid_request_is_reaped_on_the_next_start() {
         Leftovers::default(),
         "the dead instance was not fully reaped"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(second.id() as i32),
-        Signal::SIGTERM,
-    )
-    .expect("stop");
-    assert_eq!(second.wait().expect("wait").code(), Some(0));
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
 
 #[tokio::test]

@@ -107,10 +107,7 @@ impl TestServer {
     /// Value of a counter in /metrics (0 if absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_metric(&text, name)
     }
 
     /// Asserts that no VM of this server is left: no VM dir, no VMM process.
@@ -154,6 +151,14 @@ impl TestServer {
         let procs = vmm_processes(self.runtime_root.path());
         assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
     }
+}
+
+/// Sum of a metric's samples in Prometheus text (over its label sets; 0 if absent).
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Pids of processes whose command line mentions `root` (our VMMs do).
@@ -237,34 +242,24 @@ impl Binary {
     pub async fn start(extra: &str) -> Option<Self> {
         let image = image_dir()?;
         let runtime_root = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let cfg = runtime_root.path().join("pyrovm.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nimage_dir = \"{}\"\nruntime_dir = \"{}\"\n{extra}",
-                image.display(),
-                runtime_root.path().join("run").display()
-            ),
-        )
-        .expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pyrovm"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn pyrovm");
+        let (child, url) = spawn_pyrovm(&image, runtime_root.path(), extra);
         let me = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             runtime_root,
         };
         me.wait_healthy().await;
         Some(me)
+    }
+
+    /// Starts a new pyrovm on the same runtime root (the previous one must have
+    /// exited), as a service restart would, and waits for `/healthz`.
+    pub async fn restart(&mut self, extra: &str) {
+        let image = image_dir().expect("image");
+        let (child, url) = spawn_pyrovm(&image, self.runtime_root.path(), extra);
+        self.child = child;
+        self.url = url;
+        self.wait_healthy().await;
     }
 
     pub fn run_root(&self) -> PathBuf {
@@ -294,10 +289,7 @@ impl Binary {
             return 0.0;
         };
         let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_metric(&text, name)
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -319,6 +311,33 @@ impl Binary {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Writes a config (free loopback port, runtime dir `<root>/run`, `extra` lines) and
+/// spawns the binary with it.
+fn spawn_pyrovm(image: &Path, root: &Path, extra: &str) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = root.join(format!("pyrovm-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nimage_dir = \"{}\"\nruntime_dir = \"{}\"\n{extra}",
+            image.display(),
+            root.join("run").display()
+        ),
+    )
+    .expect("write config");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pyrovm"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pyrovm");
+    (child, format!("http://127.0.0.1:{port}"))
 }
 
 impl Drop for Binary {
