@@ -118,9 +118,8 @@ async fn firecracker_end_to_end_or_clean_failure() {
         else {
             return;
         };
-        while srv.metric("tvm_snapshots_ready").await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        srv.wait_metric("tvm_snapshots_ready", 1.0, Duration::from_secs(120))
+            .await;
         let mut seen = Vec::new();
         for _ in 0..2 {
             let (status, v) = srv

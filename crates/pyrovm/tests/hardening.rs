@@ -323,11 +323,8 @@ async fn snapshot_clones_run_unprivileged_and_cannot_write_the_shared_ram() {
     else {
         return;
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while srv.metric("tvm_snapshots_ready").await < 1.0 {
-        assert!(Instant::now() < deadline, "no snapshot became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.wait_metric("tvm_snapshots_ready", 1.0, Duration::from_secs(120))
+        .await;
     let mut uids = Vec::new();
     for round in 0..2 {
         let job = srv.execute(json!({

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::TestServer;
 use pyrovm::pool::PoolClass;
@@ -23,11 +23,8 @@ fn vm_dirs(srv: &TestServer) -> Vec<String> {
 }
 
 async fn wait_ready(srv: &TestServer, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while srv.metric("tvm_pool_ready_vms").await < want {
-        assert!(Instant::now() < deadline, "pool did not fill to {want}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.wait_metric("tvm_pool_ready_vms", want, Duration::from_secs(60))
+        .await;
 }
 
 #[tokio::test]

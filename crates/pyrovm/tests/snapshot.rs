@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestServer;
 use pyrovm::pool::PoolClass;
@@ -29,11 +29,7 @@ fn clones(c: &mut Config, size: usize) {
 }
 
 async fn wait_for_metric(srv: &TestServer, name: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while srv.metric(name).await < want {
-        assert!(Instant::now() < deadline, "{name} did not reach {want}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.wait_metric(name, want, Duration::from_secs(90)).await;
 }
 
 fn now_secs() -> f64 {

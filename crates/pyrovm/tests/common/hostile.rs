@@ -34,14 +34,8 @@ pub async fn start(memory_classes: &[u64]) -> Option<TestServer> {
     })
     .await?;
     let want = memory_classes.len() as f64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while srv.metric("tvm_snapshots_ready").await < want {
-        assert!(
-            Instant::now() < deadline,
-            "tvm_snapshots_ready did not reach {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.wait_metric("tvm_snapshots_ready", want, Duration::from_secs(120))
+        .await;
     Some(srv)
 }
 

@@ -110,6 +110,18 @@ impl TestServer {
         sum_metric(&text, name)
     }
 
+    /// Waits until the metric reaches `want`, failing the test after `within`.
+    pub async fn wait_metric(&self, name: &str, want: f64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.metric(name).await < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not reach {want} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Asserts that no VM of this server is left: no VM dir, no VMM process.
     pub fn assert_no_vms(&self) {
         let vms: Vec<_> = std::fs::read_dir(self.runtime_dir.join("vms"))
