@@ -6,13 +6,14 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod grpc;
-pub mod listen;
 pub mod metrics;
-pub mod middleware;
 pub mod openapi;
 pub mod piston;
 pub mod pool;
 pub mod server;
+
+// Shared with pyroshell; re-exported under their old paths.
+pub use tvm_http::{listen, middleware};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,13 +19,14 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tvm_api::{
-    parse_execute, validate, ApiError, ErrorBody, ExecuteCommand, ExecuteResponse, LanguageInfo,
+    parse_execute, validate, ErrorBody, ExecuteCommand, ExecuteResponse, LanguageInfo,
     LanguageTable, LimitBounds, StreamExit, Utf8Chunker, ValidationError,
 };
 use tvm_proto::Stream;
 
 use crate::core::{relay_live, CoreError, Executor, OutputChunk};
 use crate::middleware::{self, Tokens};
+use tvm_http::{error_response, BodyError};
 
 #[derive(Debug)]
 pub struct AppState {
@@ -35,62 +36,41 @@ pub struct AppState {
     pub ready: AtomicBool,
 }
 
-/// An error answer; the only place HTTP status codes for failures are chosen.
+/// An error answer; the only place HTTP status codes for failures are chosen
+/// (the body-deadline and token failures are answered by `tvm_http`'s middleware).
 #[derive(Debug)]
 pub enum Failure {
     Invalid(ValidationError),
     BodyTooLarge,
-    BodyTimeout(std::time::Duration),
     BadBody(String),
     Core(CoreError),
     NotFound,
     NotReady,
-    Unauthorized(&'static str),
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let (status, code, message, retry_after) = match self {
             Failure::Invalid(e) => (StatusCode::BAD_REQUEST, e.code(), e.to_string(), None),
-            Failure::BodyTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body is larger than the server accepts".to_string(),
-                None,
-            ),
-            Failure::BodyTimeout(d) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} ms",
-                    d.as_millis()
-                ),
-                None,
-            ),
-            Failure::BadBody(m) => (StatusCode::BAD_REQUEST, "bad_body", m, None),
+            Failure::BodyTooLarge => return BodyError::TooLarge.into_response(),
+            Failure::BadBody(m) => return BodyError::Unreadable(m).into_response(),
             Failure::Core(e @ CoreError::AtCapacity(_)) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "at_capacity",
                 e.to_string(),
-                Some("1"),
+                Some(1),
             ),
             Failure::Core(e @ CoreError::ShuttingDown) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 e.to_string(),
-                Some("5"),
+                Some(5),
             ),
             Failure::Core(e @ CoreError::NoSpace { .. }) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_space",
                 e.to_string(),
-                Some("5"),
-            ),
-            Failure::Unauthorized(m) => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                m.to_string(),
-                None,
+                Some(5),
             ),
             Failure::NotFound => (
                 StatusCode::NOT_FOUND,
@@ -102,25 +82,10 @@ impl IntoResponse for Failure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
                 "the service is not ready".into(),
-                Some("5"),
+                Some(5),
             ),
         };
-        let body = ErrorBody {
-            error: ApiError {
-                code: code.to_string(),
-                message,
-            },
-        };
-        let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
-        }
-        resp
+        error_response(status, code, message, retry_after)
     }
 }
 

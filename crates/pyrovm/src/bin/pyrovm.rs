@@ -82,16 +82,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         config.token_file = Some(f.clone());
     }
     config.insecure_no_auth |= args.insecure_no_auth;
-    if let Some(f) = &config.token_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read token file {}", f.display()))?;
-        config
-            .tokens
-            .extend(pyrovm::middleware::parse_tokens(&text));
-    }
-    if let Ok(env) = std::env::var("TVM_TOKENS") {
-        config.tokens.extend(pyrovm::middleware::parse_tokens(&env));
-    }
+    config.tokens = pyrovm::middleware::load_tokens(config.token_file.as_deref())?;
     config.check()?;
     Ok(config)
 }
@@ -107,24 +98,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         auth = if config.tokens.is_empty() { "off" } else { "bearer tokens" },
         "pyrovm serving"
     );
-    service.serve(listener, shutdown_signal()).await?;
+    service.serve(listener, tvm_http::shutdown_signal()).await?;
     tracing::info!("pyrovm stopped; runtime dir removed");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 fn init_logging(format: &str) {

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::server::Failure;
+use crate::{error_response, BodyError};
+use axum::http::StatusCode;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -38,12 +39,12 @@ pub async fn body_deadline(State(d): State<BodyDeadline>, req: Request, next: Ne
                 cause = c.source();
             }
             if too_large {
-                Failure::BodyTooLarge.into_response()
+                BodyError::TooLarge.into_response()
             } else {
-                Failure::BadBody(format!("cannot read the request body: {e}")).into_response()
+                BodyError::Unreadable(format!("cannot read the request body: {e}")).into_response()
             }
         }
-        Err(_) => Failure::BodyTimeout(d.timeout).into_response(),
+        Err(_) => BodyError::Timeout(d.timeout).into_response(),
     }
 }
 
@@ -113,22 +114,34 @@ pub fn parse_tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The tokens in force: those in `file` (one per line) plus `TVM_TOKENS`.
+pub fn load_tokens(file: Option<&std::path::Path>) -> std::io::Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot read token file {}: {e}", f.display()),
+            )
+        })?;
+        tokens.extend(parse_tokens(&text));
+    }
+    if let Ok(env) = std::env::var("TVM_TOKENS") {
+        tokens.extend(parse_tokens(&env));
+    }
+    Ok(tokens)
+}
+
 /// Paths open without a token (probes, and the gRPC health service).
 pub fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz") || path.starts_with("/grpc.health.v1.Health/")
 }
 
-fn is_grpc(req: &Request) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 fn unauthorized(req: &Request, message: &'static str) -> Response {
-    if is_grpc(req) {
-        return tonic::Status::unauthenticated(message).into_http::<axum::body::Body>();
+    if crate::is_grpc(req.headers()) {
+        return crate::grpc_error(crate::GrpcCode::Unauthenticated, message);
     }
-    Failure::Unauthorized(message).into_response()
+    error_response(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
 }
 
 /// `Authorization: Bearer <token>` on every route but the probes, when tokens are set.
