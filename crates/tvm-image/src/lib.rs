@@ -83,3 +83,22 @@ pub fn image_in(dir: &Path) -> tvm_vmm::GuestImage {
         rootfs: dir.join("rootfs.erofs"),
     }
 }
+
+/// The guest image tests boot (`$TVM_IMAGE_DIR`, else the cache's `current`), or
+/// `None` with `SKIPPED: <reason>` printed when there is none. With `TVM_REQUIRE_VM`
+/// set (as `make test` does) a missing image is a failure, not a skip.
+pub fn image_for_tests() -> Option<PathBuf> {
+    let dir = std::env::var_os("TVM_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| current_dir(&cache_dir()));
+    if image_in(&dir).check().is_ok() {
+        return Some(dir);
+    }
+    let reason = format!("no guest image at {} (run `make image`)", dir.display());
+    assert!(
+        std::env::var_os("TVM_REQUIRE_VM").is_none(),
+        "TVM_REQUIRE_VM is set but {reason}"
+    );
+    eprintln!("SKIPPED: {reason}");
+    None
+}

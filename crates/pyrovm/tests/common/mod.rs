@@ -11,22 +11,10 @@ use pyrovm::{Config, Service};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-/// The guest image to boot, or `None` (with the reason printed) when there is none
-/// and `TVM_REQUIRE_VM` is unset. `make test` builds the image and sets it, so
-/// there a missing image is a failure, not a skip.
+/// The guest image to boot, or `None` (skip, reason printed); see
+/// [`tvm_image::image_for_tests`].
 pub fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("TVM_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tvm_image::current_dir(&tvm_image::cache_dir()));
-    if tvm_image::image_in(&dir).check().is_ok() {
-        return Some(dir);
-    }
-    let reason = format!("no guest image at {} (run `make image`)", dir.display());
-    if std::env::var_os("TVM_REQUIRE_VM").is_some() {
-        panic!("TVM_REQUIRE_VM is set but {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
+    tvm_image::image_for_tests()
 }
 
 /// A pyrovm instance on an ephemeral loopback port with its own runtime root.

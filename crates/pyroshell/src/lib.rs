@@ -1,0 +1,5 @@
+pub mod config;
+pub mod headers;
+pub mod proxy;
+pub mod retry;
+pub mod upstream;
