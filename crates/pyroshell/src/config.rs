@@ -97,8 +97,12 @@ pub struct ForwardSettings {
     /// Retries may add this share (0–1) of recent requests, or `retry_budget_min_per_sec`.
     pub retry_budget_ratio: f32,
     pub retry_budget_min_per_sec: u32,
-    /// How often `/readyz` of the upstream is probed.
+    /// How often the upstream's readiness is probed ...
     pub health_interval_ms: u64,
+    /// ... at this path (2xx = ready; sent with the upstream token). `/readyz` for a
+    /// pyrovm; behind deploy/k8s's Istio ingress, which routes only the API, use
+    /// `/v1/languages`.
+    pub health_path: String,
     /// File holding the bearer token sent upstream (else `TVM_UPSTREAM_TOKEN`, else the
     /// client's own `Authorization` passes through).
     pub upstream_token_file: Option<PathBuf>,
@@ -116,6 +120,7 @@ impl Default for ForwardSettings {
             retry_budget_ratio: 0.2,
             retry_budget_min_per_sec: 10,
             health_interval_ms: 1_000,
+            health_path: "/readyz".into(),
             upstream_token_file: None,
         }
     }
@@ -145,6 +150,14 @@ impl ForwardSettings {
         }
         if self.health_interval_ms < 50 {
             return bad("health_interval_ms must be at least 50");
+        }
+        if !self.health_path.starts_with('/')
+            || self
+                .health_path
+                .parse::<axum::http::uri::PathAndQuery>()
+                .is_err()
+        {
+            return bad("health_path must be a path starting with /");
         }
         if self.backoff_base_ms > self.backoff_max_ms {
             return bad("backoff_base_ms must not exceed backoff_max_ms");
@@ -312,6 +325,7 @@ mod tests {
         let e = ShellConfig::parse("[lima]\ncpu = 2\n").expect_err("typo");
         assert!(e.to_string().contains("cpu"), "{e}");
         assert!(ShellConfig::parse("[forward]\nmax_attempts = 0\n").is_err());
+        assert!(ShellConfig::parse("[forward]\nhealth_path = \"readyz\"\n").is_err());
         assert!(
             ShellConfig::parse("[forward]\nbackoff_base_ms = 900\nbackoff_max_ms = 100\n").is_err()
         );

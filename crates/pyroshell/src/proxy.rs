@@ -98,11 +98,19 @@ impl Clients {
         }
     }
 
-    /// `GET uri` over HTTP/1.1; the status code (for probes).
-    pub async fn get(&self, uri: axum::http::Uri, timeout: Duration) -> Result<u16, SendError> {
-        let req = hyper::Request::get(uri)
+    /// `GET uri` over HTTP/1.1 (with `auth` as `Authorization`); the status code (for probes).
+    pub async fn get(
+        &self,
+        uri: axum::http::Uri,
+        auth: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<u16, SendError> {
+        let mut req = hyper::Request::get(uri)
             .body(Body::empty())
             .map_err(|e| SendError::Failed(e.to_string(), Attempt::NotSent))?;
+        if let Some(a) = auth {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
         let resp = self.send(req, timeout).await?;
         Ok(resp.status().as_u16())
     }
@@ -212,15 +220,7 @@ impl Gateway {
         state: watch::Receiver<UpstreamState>,
         report: Option<Arc<watch::Sender<UpstreamState>>>,
     ) -> Result<Self, header::InvalidHeaderValue> {
-        let upstream_auth = opts
-            .upstream_token
-            .as_deref()
-            .map(|t| {
-                let mut v = HeaderValue::from_str(&format!("Bearer {t}"))?;
-                v.set_sensitive(true);
-                Ok(v)
-            })
-            .transpose()?;
+        let upstream_auth = opts.upstream_token.as_deref().map(bearer).transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 clients,
@@ -272,6 +272,13 @@ async fn buffer_unless_grpc(State(d): State<BodyDeadline>, req: Request, next: N
     } else {
         middleware::body_deadline(State(d), req, next).await
     }
+}
+
+/// `Bearer <token>` as a sensitive header value (never logged by hyper).
+pub fn bearer(token: &str) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 async fn healthz() -> &'static str {

@@ -97,29 +97,29 @@ impl UpstreamState {
     }
 }
 
-/// Forward mode's prober: `GET /readyz` every `interval`, each within `timeout`.
+/// Forward mode's prober: `GET <path>` (with `auth`) every `interval`; ready on 2xx.
 pub async fn probe_loop(
     clients: Clients,
     url: UpstreamUrl,
+    path: PathAndQuery,
+    auth: Option<axum::http::HeaderValue>,
     interval: Duration,
     state: std::sync::Arc<watch::Sender<UpstreamState>>,
 ) {
     let retry_after = retry_after_for(interval);
-    let readyz: PathAndQuery = PathAndQuery::from_static("/readyz");
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let next = match clients
-            .get(
-                url.join(Some(&readyz)),
-                interval.max(Duration::from_secs(1)),
-            )
-            .await
-        {
-            Ok(200) => UpstreamState::Up,
+        let probe = clients.get(
+            url.join(Some(&path)),
+            auth.as_ref(),
+            interval.max(Duration::from_secs(1)),
+        );
+        let next = match probe.await {
+            Ok(code) if (200..300).contains(&code) => UpstreamState::Up,
             Ok(code) => UpstreamState::Down {
-                reason: format!("upstream /readyz answered {code}"),
+                reason: format!("upstream {path} answered {code}"),
                 retry_after_secs: retry_after,
                 gate: false,
             },

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use pyroshell::config::{Mode, ShellConfig};
+use pyroshell::lima::LimaUpstream;
 use pyroshell::proxy::{Clients, Gateway, GatewayOptions};
 use pyroshell::upstream::{probe_loop, retry_after_for, UpstreamState, UpstreamUrl};
 use tvm_http::listen::{self, ListenOptions};
@@ -188,9 +189,9 @@ fn warn_unused_node_keys(config: &ShellConfig, mode: &str) {
     }
 }
 
-fn gateway_options(config: &ShellConfig, upstream: UpstreamUrl) -> anyhow::Result<GatewayOptions> {
-    let f = &config.forward;
-    let upstream_token = match &f.upstream_token_file {
+/// The token sent upstream: `[forward] upstream_token_file`, else `TVM_UPSTREAM_TOKEN`.
+fn upstream_token(config: &ShellConfig) -> anyhow::Result<Option<String>> {
+    let token = match &config.forward.upstream_token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read {}", p.display()))?
@@ -198,14 +199,18 @@ fn gateway_options(config: &ShellConfig, upstream: UpstreamUrl) -> anyhow::Resul
                 .to_string(),
         ),
         None => std::env::var("TVM_UPSTREAM_TOKEN").ok(),
-    }
-    .filter(|t| !t.is_empty());
+    };
+    Ok(token.filter(|t| !t.is_empty()))
+}
+
+fn gateway_options(config: &ShellConfig, upstream: UpstreamUrl) -> anyhow::Result<GatewayOptions> {
+    let f = &config.forward;
     Ok(GatewayOptions {
         upstream,
         connect_timeout: Duration::from_millis(f.connect_timeout_ms),
         response_timeout: Duration::from_millis(f.response_timeout_ms),
         retry: f.retry(),
-        upstream_token,
+        upstream_token: upstream_token(config)?,
         tokens: config.gateway.tokens.clone(),
         max_body_bytes: config.gateway.max_body_bytes,
         body_timeout: Duration::from_millis(config.gateway.body_timeout_ms),
@@ -223,9 +228,22 @@ async fn forward(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
     let clients = Clients::new(opts.connect_timeout);
     let (tx, rx) = tokio::sync::watch::channel(UpstreamState::starting(retry_after_for(interval)));
     let tx = Arc::new(tx);
+    let path = config
+        .forward
+        .health_path
+        .parse()
+        .map_err(|_| UsageError("[forward] health_path is not a path".into()))?;
+    let auth = opts
+        .upstream_token
+        .as_deref()
+        .map(pyroshell::proxy::bearer)
+        .transpose()
+        .context("bad upstream token")?;
     let prober = tokio::spawn(probe_loop(
         clients.clone(),
         url.clone(),
+        path,
+        auth,
         interval,
         tx.clone(),
     ));
@@ -250,8 +268,63 @@ async fn forward(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn lima(_args: &Args, _config: ShellConfig) -> anyhow::Result<()> {
-    Err(UsageError("lima mode arrives with pyrolima".into()).into())
+async fn lima(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
+    warn_unused_node_keys(&config, "lima");
+    let listener = bind(config.gateway.listen).await?;
+    // The token pyrovm in the VM accepts: ours if given, else a fresh random one.
+    let lima = LimaUpstream::start(&config.lima, upstream_token(&config)?).map_err(|e| {
+        if e.is_config_error() {
+            anyhow::Error::from(UsageError(e.to_string()))
+        } else {
+            anyhow::Error::from(e)
+        }
+    })?;
+    let url =
+        UpstreamUrl::parse(&lima.manager.endpoint().url).map_err(|e| UsageError(e.to_string()))?;
+    let mut opts = gateway_options(&config, url.clone())?;
+    opts.upstream_token = Some(lima.manager.token().to_string());
+    let clients = Clients::new(opts.connect_timeout);
+    let gateway =
+        Gateway::new(opts, clients, lima.state.clone(), None).context("bad upstream token")?;
+    tracing::info!(
+        mode = "lima",
+        listen = %listener.local_addr()?,
+        vm = %config.lima.name,
+        ingress = %url,
+        keep_vm = config.lima.keep_vm,
+        "pyroshell serving (503 + Retry-After until the Lima VM is ready)"
+    );
+    let (lima, failed) = lima.take_failed();
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let record = failure.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = tvm_http::shutdown_signal() => {}
+            Ok(reason) = failed => {
+                if let Ok(mut f) = record.lock() {
+                    *f = Some(reason);
+                }
+            }
+        }
+    };
+    listen::serve(
+        listener,
+        gateway.router(),
+        listen_options(&config),
+        shutdown,
+    )
+    .await?;
+    if !config.lima.keep_vm {
+        tracing::info!(vm = %config.lima.name, "deleting the Lima VM");
+    }
+    let stopped = lima.stop(config.lima.keep_vm).await;
+    let failure = failure.lock().ok().and_then(|mut f| f.take());
+    if let Some(reason) = failure {
+        return Err(UsageError(format!("the Lima VM cannot be started: {reason}")).into());
+    }
+    stopped?;
+    tracing::info!("pyroshell stopped");
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
