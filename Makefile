@@ -17,9 +17,10 @@ PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libel
 OCI_OUT ?= target/oci
 OCI_FLAGS := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER) --jailer $(JAILER))
 
+# The front door: pyroshell in embedded mode (pyrovm in-process) on Linux.
 run: guest-image build
-	@echo "==> pyrovm on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
-	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyrovm --listen $(LISTEN)
+	@echo "==> pyroshell (embedded) on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
+	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyroshell --mode embedded --listen $(LISTEN)
 
 test: image lint
 	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
@@ -40,6 +41,7 @@ soak: guest-image build
 bench: guest-image
 	@command -v bwrap >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap
 	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/bench.py
+	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/gateway-bench.py
 
 deps:
 	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -53,7 +55,7 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tvm-agent --target $(TARGET)
 
 build:
-	cargo build --release -p pyrovm -p tvm-cli -p tvm-deploy
+	cargo build --release -p pyrovm -p pyroshell -p pyrolima -p tvm-cli -p tvm-deploy
 
 # Both images: the guest image, then pyrovm's OCI image that carries it (docs/deploy.md).
 image: guest-image oci-image
