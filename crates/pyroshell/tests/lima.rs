@@ -5,112 +5,26 @@
 //! pyrolima — so requests that pass the gateway run in real microVMs.
 
 mod common;
+#[path = "../../pyrolima/tests/common/mod.rs"]
+mod lima_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{free_port, upstream, wait_status, Shell};
+use lima_common::{oci_archive, Double};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "lima-test-token-0123456789";
 const VM: &str = "tvm-pyroshell-test";
 
-/// The limactl test double behind a wrapper that pins its state directory.
-struct Double {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl Double {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("limactl-double-")
-            .tempdir()
-            .expect("tempdir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../pyrolima/tests/fixtures/limactl-test-double");
-        let bin = dir.path().join("limactl");
-        std::fs::write(
-            &bin,
-            format!(
-                "#!/bin/sh\nLIMACTL_DOUBLE_DIR='{}' exec '{}' \"$@\"\n",
-                dir.path().display(),
-                script.display()
-            ),
-        )
-        .expect("wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Double { dir, bin }
-    }
-
-    fn plan(&self, steps: &[&str]) {
-        let text: String = steps.iter().map(|s| format!("{s}\n")).collect();
-        std::fs::write(self.dir.path().join("plan"), text).expect("plan");
-    }
-
-    fn status(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join("instances").join(VM).join("status"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    }
-
-    fn set_status(&self, status: &str) {
-        std::fs::write(
-            self.dir.path().join("instances").join(VM).join("status"),
-            format!("{status}\n"),
-        )
-        .expect("status");
-    }
-
-    /// The state-changing calls, in order (`start`, `delete`, `copy`, `shell`, ...).
-    fn actions(&self, verb: &str) -> usize {
-        std::fs::read_to_string(self.dir.path().join("invocations.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .filter_map(|(_, argv)| serde_json::from_str::<Vec<String>>(argv).ok())
-            .filter(|argv| argv.first().map(String::as_str) == Some(verb))
-            .count()
-    }
-}
-
-/// An OCI archive whose image reference is the one deploy/k8s's DaemonSet runs
-/// (pyrolima checks it before starting a VM; nothing in it is ever run here).
-fn oci_archive(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci-layout");
-    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
-    std::fs::write(
-        layout.join("blobs/sha256/c0ffee"),
-        r#"{"architecture":"amd64","os":"linux"}"#,
-    )
-    .expect("config");
-    std::fs::write(
-        layout.join("blobs/sha256/beef"),
-        r#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:c0ffee","size":2}}"#,
-    )
-    .expect("manifest");
-    std::fs::write(
-        layout.join("index.json"),
-        r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:beef","annotations":{"org.opencontainers.image.ref.name":"localhost/tvm/pyrovm:0.1.0"}}]}"#,
-    )
-    .expect("index");
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .expect("oci-layout");
-    let archive = dir.join("pyrovm.oci.tar");
-    let ok = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(ok.success());
-    archive
+/// How often the double was called with `verb` (`start`, `delete`, `copy`, `shell`, ...).
+fn count(double: &Double, verb: &str) -> usize {
+    double
+        .actions()
+        .iter()
+        .filter(|a| a.split(' ').next() == Some(verb))
+        .count()
 }
 
 async fn lima_gateway(
@@ -123,8 +37,8 @@ async fn lima_gateway(
         "[lima]\nname = \"{VM}\"\nlimactl = \"{}\"\ningress_port = {ingress_port}\noci_archive = \"{}\"\n\
          deploy_dir = \"{}\"\nmonitor_interval_ms = 100\n",
         double.bin.display(),
-        oci_archive(root).display(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s").display(),
+        oci_archive(root, "localhost/tvm/pyrovm:0.1.0", "amd64").display(),
+        lima_common::deploy_dir().display(),
     );
     let mut args = vec!["--mode", "lima"];
     args.extend_from_slice(extra_args);
@@ -178,36 +92,36 @@ async fn starts_the_vm_recreates_it_when_broken_and_deletes_it_on_exit() {
     };
     let double = Double::new();
     // The first start takes 2 s, the recreation 2 s.
-    double.plan(&["ok-after 2", "ok-after 2"]);
+    double.set_plan(&["ok-after 2", "ok-after 2"]);
     let mut gw = lima_gateway(root.path(), &double, ingress, &[]).await;
     let g = gw.url.clone();
 
     // Starting: gated, even though the ingress port already answers.
     assert_gated(&g, "while the VM starts").await;
     wait_status(&format!("{g}/readyz"), 200, Duration::from_secs(30)).await;
-    assert_eq!(double.status().as_deref(), Some("Running"));
+    assert_eq!(double.status(VM).as_deref(), Some("Running"));
     let resp = post(&g).await;
     assert_eq!(resp.status(), 200, "{}", gw.log());
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["stdout"], "through-lima\n", "{v}");
-    assert_eq!(double.actions("start"), 1);
+    assert_eq!(count(&double, "start"), 1);
     assert!(
-        double.actions("copy") >= 1 && double.actions("shell") >= 1,
+        count(&double, "copy") >= 1 && count(&double, "shell") >= 1,
         "image and manifests go in"
     );
 
     // The VM breaks: 503 + Retry-After at once (pyrovm behind the port is still up),
     // the monitor deletes and starts it again, then requests pass again.
-    double.set_status("Broken");
+    double.set_status(VM, "Broken");
     let t0 = Instant::now();
     wait_status(&format!("{g}/readyz"), 503, Duration::from_secs(2)).await;
     eprintln!("broken VM noticed after {:?}", t0.elapsed());
     assert_gated(&g, "while the VM is recreated").await;
     wait_status(&format!("{g}/readyz"), 200, Duration::from_secs(30)).await;
     eprintln!("recovered after {:?}", t0.elapsed());
-    assert_eq!(double.actions("start"), 2, "recreated once");
+    assert_eq!(count(&double, "start"), 2, "recreated once");
     assert!(
-        double.actions("delete") >= 1,
+        count(&double, "delete") >= 1,
         "the broken VM was deleted first"
     );
     assert_eq!(post(&g).await.status(), 200);
@@ -218,7 +132,7 @@ async fn starts_the_vm_recreates_it_when_broken_and_deletes_it_on_exit() {
         "{}",
         gw.log()
     );
-    assert_eq!(double.status(), None, "the VM outlived pyroshell");
+    assert_eq!(double.status(VM), None, "the VM outlived pyroshell");
     assert!(up.terminate(Duration::from_secs(30)).success());
 }
 
@@ -237,12 +151,12 @@ async fn keep_vm_keeps_it_and_a_too_old_lima_is_a_clear_error() {
         "{}",
         gw.log()
     );
-    assert_eq!(double.status().as_deref(), Some("Running"), "--keep-vm");
-    assert_eq!(double.actions("delete"), 0);
+    assert_eq!(double.status(VM).as_deref(), Some("Running"), "--keep-vm");
+    assert_eq!(count(&double, "delete"), 0);
 
     // Lima 0.13: pyroshell says why and exits 2 without starting anything.
-    std::fs::write(double.dir.path().join("version"), "0.13.0").expect("version");
-    let starts = double.actions("start");
+    double.set_version("0.13.0");
+    let starts = count(&double, "start");
     let mut gw = lima_gateway(root.path(), &double, ingress, &["--keep-vm"]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -261,6 +175,6 @@ async fn keep_vm_keeps_it_and_a_too_old_lima_is_a_clear_error() {
         "the message names the minimum: {}",
         gw.log()
     );
-    assert_eq!(double.actions("start"), starts);
+    assert_eq!(count(&double, "start"), starts);
     assert!(up.terminate(Duration::from_secs(30)).success());
 }

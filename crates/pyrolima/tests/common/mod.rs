@@ -1,7 +1,7 @@
-//! Shared by pyrolima's tests: the limactl test double (tests/fixtures/limactl-test-double,
+//! Shared by pyrolima's tests (and pyroshell's lima-mode tests): the limactl test double (tests/fixtures/limactl-test-double,
 //! a stand-in for Lima, which cannot run here), a test double of the Istio ingress, and a
 //! tiny OCI archive.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,8 +15,10 @@ use tokio::net::TcpListener;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// pyrolima's crate dir, also when this module is included by pyroshell's tests
+/// (`#[path]`): both crates sit side by side under `crates/`.
 pub fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pyrolima")
 }
 
 pub fn deploy_dir() -> PathBuf {

@@ -37,7 +37,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    tvm_http::init_logging(args.log_format == "json");
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -101,17 +101,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     service.serve(listener, tvm_http::shutdown_signal()).await?;
     tracing::info!("pyrovm stopped; runtime dir removed");
     Ok(())
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TVM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
