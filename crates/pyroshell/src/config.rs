@@ -269,21 +269,20 @@ impl ShellConfig {
 }
 
 impl GatewaySettings {
-    /// The same rule as pyrovm's: off loopback, tokens or an explicit opt-out.
+    /// The same rules as pyrovm's listener (shared in `tvm_http::listen`).
     pub fn check(&self) -> Result<(), ConfigError> {
-        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.insecure_no_auth {
-            return Err(ConfigError::Invalid(format!(
-                "listening on {} without tokens: set token_file or TVM_TOKENS \
-                 (or pass --insecure-no-auth to accept unauthenticated requests from the network)",
-                self.listen
-            )));
-        }
-        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 || self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "header_timeout_ms, body_timeout_ms and max_connections must be positive".into(),
-            ));
-        }
-        Ok(())
+        tvm_http::listen::check_exposure(
+            self.listen,
+            !self.tokens.is_empty(),
+            self.insecure_no_auth,
+        )
+        .map_err(ConfigError::Invalid)?;
+        tvm_http::listen::check_limits(
+            self.header_timeout_ms,
+            self.body_timeout_ms,
+            self.max_connections,
+        )
+        .map_err(ConfigError::Invalid)
     }
 }
 

@@ -222,18 +222,18 @@ impl Config {
                 )));
             }
         }
-        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.insecure_no_auth {
-            return Err(ConfigError::Invalid(format!(
-                "refusing to listen on {} without auth tokens: set --token-file or TVM_TOKENS \
-                 (or pass --insecure-no-auth to accept unauthenticated requests from the network)",
-                self.listen
-            )));
-        }
-        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 || self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "header_timeout_ms, body_timeout_ms and max_connections must be positive".into(),
-            ));
-        }
+        tvm_http::listen::check_exposure(
+            self.listen,
+            !self.tokens.is_empty(),
+            self.insecure_no_auth,
+        )
+        .map_err(ConfigError::Invalid)?;
+        tvm_http::listen::check_limits(
+            self.header_timeout_ms,
+            self.body_timeout_ms,
+            self.max_connections,
+        )
+        .map_err(ConfigError::Invalid)?;
         if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
             return Err(ConfigError::Invalid(
                 "memory and work dir sizes are too small".into(),

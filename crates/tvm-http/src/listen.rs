@@ -28,6 +28,36 @@ pub struct ListenOptions {
     pub max_connections: usize,
 }
 
+/// The exposure rule of every TVM listener (pyrovm's and pyroshell's): off loopback,
+/// bearer tokens or an explicit opt-out.
+pub fn check_exposure(
+    listen: std::net::SocketAddr,
+    has_tokens: bool,
+    insecure_no_auth: bool,
+) -> Result<(), String> {
+    if !listen.ip().is_loopback() && !has_tokens && !insecure_no_auth {
+        return Err(format!(
+            "refusing to listen on {listen} without auth tokens: set --token-file or TVM_TOKENS \
+             (or pass --insecure-no-auth to accept unauthenticated requests from the network)"
+        ));
+    }
+    Ok(())
+}
+
+/// The connection deadlines and cap must be positive (zero would refuse everything).
+pub fn check_limits(
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+    max_connections: usize,
+) -> Result<(), String> {
+    if header_timeout_ms == 0 || body_timeout_ms == 0 || max_connections == 0 {
+        return Err(
+            "header_timeout_ms, body_timeout_ms and max_connections must be positive".into(),
+        );
+    }
+    Ok(())
+}
+
 /// How the drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {

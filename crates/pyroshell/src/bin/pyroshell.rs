@@ -203,18 +203,22 @@ fn upstream_token(config: &ShellConfig) -> anyhow::Result<Option<String>> {
     Ok(token.filter(|t| !t.is_empty()))
 }
 
-fn gateway_options(config: &ShellConfig, upstream: UpstreamUrl) -> anyhow::Result<GatewayOptions> {
+fn gateway_options(
+    config: &ShellConfig,
+    upstream: UpstreamUrl,
+    upstream_token: Option<String>,
+) -> GatewayOptions {
     let f = &config.forward;
-    Ok(GatewayOptions {
+    GatewayOptions {
         upstream,
         connect_timeout: Duration::from_millis(f.connect_timeout_ms),
         response_timeout: Duration::from_millis(f.response_timeout_ms),
         retry: f.retry(),
-        upstream_token: upstream_token(config)?,
+        upstream_token,
         tokens: config.gateway.tokens.clone(),
         max_body_bytes: config.gateway.max_body_bytes,
         body_timeout: Duration::from_millis(config.gateway.body_timeout_ms),
-    })
+    }
 }
 
 async fn forward(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
@@ -223,7 +227,7 @@ async fn forward(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
         UsageError("forward mode needs --upstream URL (or [forward] upstream)".into())
     })?;
     let url = UpstreamUrl::parse(&raw).map_err(|e| UsageError(e.to_string()))?;
-    let opts = gateway_options(&config, url.clone())?;
+    let opts = gateway_options(&config, url.clone(), upstream_token(&config)?);
     let interval = Duration::from_millis(config.forward.health_interval_ms);
     let clients = Clients::new(opts.connect_timeout);
     let (tx, rx) = tokio::sync::watch::channel(UpstreamState::starting(retry_after_for(interval)));
@@ -281,8 +285,8 @@ async fn lima(_args: &Args, config: ShellConfig) -> anyhow::Result<()> {
     })?;
     let url =
         UpstreamUrl::parse(&lima.manager.endpoint().url).map_err(|e| UsageError(e.to_string()))?;
-    let mut opts = gateway_options(&config, url.clone())?;
-    opts.upstream_token = Some(lima.manager.token().to_string());
+    // pyrovm in the VM accepts the token pyrolima holds (ours, or its random one).
+    let opts = gateway_options(&config, url.clone(), Some(lima.manager.token().to_string()));
     let clients = Clients::new(opts.connect_timeout);
     let gateway =
         Gateway::new(opts, clients, lima.state.clone(), None).context("bad upstream token")?;
