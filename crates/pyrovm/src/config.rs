@@ -73,7 +73,78 @@ pub struct Config {
     #[serde(skip)]
     pub tokens: Vec<String>,
     pub limits: LimitBounds,
+    /// Sandboxes: `[sandbox]` caps, defaults and maxima.
+    pub sandbox: SandboxConfig,
+    /// Several pyrovms behind one ingress: `[cluster]` (docs/deploy.md, "Sandboxes").
+    pub cluster: ClusterConfig,
 }
+
+/// `[cluster]`: set both to give sandbox ids their owner's address, so that any
+/// pyrovm forwards a sandbox's requests to the one holding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This pyrovm's address as its peers reach it (in Kubernetes: the pod IP and
+    /// port); also `TVM_ADVERTISE_ADDR`.
+    pub advertise_addr: Option<SocketAddr>,
+    /// File holding the route key every pyrovm of the cluster shares (≥ 16 bytes; a
+    /// mounted Secret); also `TVM_ROUTE_KEY_FILE`.
+    pub route_key_file: Option<PathBuf>,
+    /// The host name forwarded requests carry, `<hex addr>.<peer_host>`: in an Istio
+    /// mesh, a headless Service of the pyrovm pods (its sidecar then sends the request
+    /// to that pod, over mTLS). Unset: the owner's address.
+    pub peer_host: Option<String>,
+}
+
+/// `[sandbox]`: how many sandboxes, how long they live, how large their files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Live sandboxes on this node at most (more: 429 `sandbox_limit`).
+    pub max_total: usize,
+    /// Live sandboxes per token at most (per node; without tokens, for everyone).
+    pub max_per_token: usize,
+    /// `ttl_s` of a create request: default and accepted range.
+    pub ttl_s: tvm_api::Bound,
+    /// `idle_timeout_s`: default and accepted range.
+    pub idle_timeout_s: tvm_api::Bound,
+    /// `limits.disk_mb` (the work dir, a tmpfs in guest memory): default and range.
+    pub disk_mb: tvm_api::Bound,
+    /// Largest file uploaded to or downloaded from a sandbox (at most 20 MiB: one
+    /// frame of the agent protocol carries it; uploads are also bounded by `max_body_bytes`).
+    pub max_file_bytes: u64,
+    /// Requests on one sandbox run one at a time; one that cannot start within
+    /// this gets 409 `sandbox_busy`.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let b = tvm_api::SandboxBounds::default();
+        Self {
+            max_total: 16,
+            max_per_token: 8,
+            ttl_s: b.ttl_s,
+            idle_timeout_s: b.idle_timeout_s,
+            disk_mb: b.disk_mb,
+            max_file_bytes: 16 << 20,
+            busy_timeout_ms: 65_000,
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub fn bounds(&self) -> tvm_api::SandboxBounds {
+        tvm_api::SandboxBounds {
+            ttl_s: self.ttl_s,
+            idle_timeout_s: self.idle_timeout_s,
+            disk_mb: self.disk_mb,
+        }
+    }
+}
+
+/// Largest sandbox file: the agent protocol's frame (32 MiB) must hold it in base64.
+pub const MAX_SANDBOX_FILE_BYTES: u64 = 20 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -113,6 +184,8 @@ impl Default for Config {
             insecure_no_auth: false,
             tokens: Vec::new(),
             limits: LimitBounds::default(),
+            sandbox: SandboxConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -234,6 +307,35 @@ impl Config {
             self.max_connections,
         )
         .map_err(ConfigError::Invalid)?;
+        for (name, b) in [
+            ("ttl_s", self.sandbox.ttl_s),
+            ("idle_timeout_s", self.sandbox.idle_timeout_s),
+            ("disk_mb", self.sandbox.disk_mb),
+        ] {
+            if !(b.min <= b.default && b.default <= b.max) || b.min == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "sandbox.{name}: need 0 < min <= default <= max"
+                )));
+            }
+        }
+        if self.sandbox.max_file_bytes == 0 || self.sandbox.max_file_bytes > MAX_SANDBOX_FILE_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.max_file_bytes must be between 1 and {MAX_SANDBOX_FILE_BYTES}"
+            )));
+        }
+        if self.cluster.advertise_addr.is_some() != self.cluster.route_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "cluster.advertise_addr and cluster.route_key_file go together".into(),
+            ));
+        }
+        if let Some(a) = self.cluster.advertise_addr {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.advertise_addr {a} must be an address peers can reach"
+                )));
+            }
+        }
         if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
             return Err(ConfigError::Invalid(
                 "memory and work dir sizes are too small".into(),
@@ -300,6 +402,27 @@ enable = true
 "
         )
         .is_err());
+    }
+
+    #[test]
+    fn sandbox_settings_are_checked() {
+        let c: Config = toml::from_str(
+            "[sandbox]\nmax_total = 3\nmax_file_bytes = 1048576\n[sandbox.ttl_s]\ndefault = 60\nmin = 1\nmax = 120\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.sandbox.max_total, 3);
+        assert_eq!(c.sandbox.bounds().ttl_s.max, 120);
+        let mut bad = Config::default();
+        bad.sandbox.max_file_bytes = 64 << 20;
+        assert!(
+            matches!(bad.check(), Err(ConfigError::Invalid(m)) if m.contains("max_file_bytes"))
+        );
+        let mut bad = Config::default();
+        bad.sandbox.ttl_s.default = 0;
+        bad.sandbox.ttl_s.min = 0;
+        assert!(matches!(bad.check(), Err(ConfigError::Invalid(m)) if m.contains("ttl_s")));
+        assert!(toml::from_str::<Config>("[sandbox]\nmax_sandboxes = 1\n").is_err());
     }
 
     #[test]

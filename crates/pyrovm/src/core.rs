@@ -5,11 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use tokio::sync::{mpsc, Semaphore};
-use tvm_api::{ExecuteCommand, ExecuteResponse, ExecutionStatus, Timings};
-use tvm_proto::{ExitReport, GuestMsg, HostMsg, Job, JobLimits, Outcome, Stream, WORK_DIR};
+use tvm_api::{
+    ExecuteCommand, ExecuteResponse, ExecutionStatus, FileEncoding, OutputFile, Timings,
+};
+use tvm_proto::{
+    CollectSpec, ExitReport, GuestMsg, HostMsg, Job, JobLimits, Outcome, Stream, WORK_DIR,
+};
 use tvm_vmm::{Vm, VmSpec, Vmm};
 
 use crate::metrics::Metrics;
@@ -57,6 +62,9 @@ pub struct CoreSettings {
     pub host_deadline_slack: Duration,
     /// Where VM dirs go; admission checks it has `min_free_bytes` free.
     pub runtime_dir: Option<std::path::PathBuf>,
+    /// Caps of `files_out`: how many files, how many bytes together.
+    pub max_files_out: usize,
+    pub max_files_out_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -152,6 +160,17 @@ impl Executor {
         Ok(self.run(admitted, cmd, None).await)
     }
 
+    /// A VM of this shape: a ready one from the pool, else a clone of the class's
+    /// snapshot, else a cold boot. One-shot executions and sandboxes both start here.
+    pub(crate) async fn acquire_vm(&self, spec: &VmSpec) -> Result<Vm, tvm_vmm::VmmError> {
+        let pool = self.pool.get();
+        match (pool.and_then(|p| p.take(spec)), pool) {
+            (Some(vm), _) => Ok(vm),
+            (None, Some(pool)) => pool.fresh(spec).await,
+            (None, None) => cold_boot(self.vmm.as_ref(), spec, &self.metrics).await,
+        }
+    }
+
     /// Runs an admitted command. With `live`, output chunks go there as they arrive
     /// (and are not collected); if its receiver goes away the VM is destroyed at once
     /// and the response says `sandbox_error` "cancelled".
@@ -167,14 +186,7 @@ impl Executor {
         let queued_ms = received.elapsed().as_millis() as u64;
         let spec = self.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb);
         let boot_started = Instant::now();
-        let pool = self.pool.get();
-        let pooled = pool.and_then(|p| p.take(&spec));
-        let started = match (pooled, pool) {
-            (Some(vm), _) => Ok(vm),
-            (None, Some(pool)) => pool.fresh(&spec).await,
-            (None, None) => cold_boot(self.vmm.as_ref(), &spec, &self.metrics).await,
-        };
-        let vm = match started {
+        let mut vm = match self.acquire_vm(&spec).await {
             Ok(vm) => vm,
             Err(e) => {
                 tracing::error!(%id, error = %error_chain(&e), "VM failed to start");
@@ -186,62 +198,128 @@ impl Executor {
         };
         let vm_start_ms = boot_started.elapsed().as_millis() as u64;
         tracing::debug!(%id, vm = %vm.id, boot_ms = vm_start_ms, guest_boot_ms = vm.guest_boot_ms, "VM ready");
-
         let job = self.job_for(&cmd);
+        let ctx = JobContext {
+            id,
+            received,
+            queued_ms,
+            vm_start_ms,
+            detach_on_cancel: false,
+        };
+        let (resp, _) = self.run_job(&mut vm, job, &cmd, live, ctx).await;
+        let destroy_started = Instant::now();
+        vm.destroy().await;
+        tracing::debug!(
+            id = %resp.id,
+            vm_start_ms,
+            exec_ms = resp.timings_ms.exec,
+            destroy_ms = destroy_started.elapsed().as_millis() as u64,
+            "execution finished"
+        );
+        self.metrics.finished(&resp);
+        drop(admitted);
+        resp
+    }
+
+    /// Runs `job` in `vm` (a fresh VM, or a sandbox's), collects `files_out`, and
+    /// builds the response. The second value is `false` when the VM can no longer
+    /// be used (it died, or did not report in time); the caller destroys it.
+    pub(crate) async fn run_job(
+        &self,
+        vm: &mut Vm,
+        job: Job,
+        cmd: &ExecuteCommand,
+        live: Option<mpsc::Sender<OutputChunk>>,
+        ctx: JobContext,
+    ) -> (ExecuteResponse, bool) {
+        let JobContext {
+            id,
+            received,
+            queued_ms,
+            vm_start_ms,
+            detach_on_cancel,
+        } = ctx;
         let deadline =
             Duration::from_millis(cmd.limits.timeout_ms) + self.settings.host_deadline_slack;
         let cap = cmd.limits.max_output_bytes as usize;
         let exec_started = Instant::now();
-        let outcome = tokio::time::timeout(deadline, converse(vm, job, cap, live)).await;
+        let outcome = tokio::time::timeout(deadline, async {
+            let conv = converse(vm, job, cap, live, detach_on_cancel).await;
+            let files = match &conv {
+                Conversation::Exited(..) if !cmd.files_out.is_empty() => Some(
+                    collect_files(
+                        vm,
+                        &cmd.files_out,
+                        self.settings.max_files_out,
+                        self.settings.max_files_out_bytes,
+                    )
+                    .await,
+                ),
+                _ => None,
+            };
+            (conv, files)
+        })
+        .await;
         let exec_ms = exec_started.elapsed().as_millis() as u64;
-        let resp = match outcome {
-            Ok(Conversation::Exited(report, out, vm)) => {
-                let destroy_started = Instant::now();
-                vm.destroy().await;
-                // Where the platform overhead goes (total minus the guest's exec time).
-                tracing::debug!(
-                    %id,
-                    vm_start_ms,
-                    conversation_ms = exec_ms,
-                    guest_exec_ms = report.exec_ms,
-                    destroy_ms = destroy_started.elapsed().as_millis() as u64,
-                    "execution finished"
-                );
-                self.response(id, &report, out, received, queued_ms, vm_start_ms)
+        match outcome {
+            Ok((Conversation::Exited(report, out), files)) => {
+                let mut resp = self.response(id, &report, out, received, queued_ms, vm_start_ms);
+                match files {
+                    Some(Ok((files, truncated))) => {
+                        resp.files = Some(files);
+                        resp.files_truncated = Some(truncated);
+                    }
+                    Some(Err(why)) => {
+                        tracing::warn!(id = %resp.id, %why, "collecting files_out failed");
+                        return (
+                            self.sandbox_error(
+                                resp.id,
+                                "the guest agent could not collect files_out",
+                                received,
+                                queued_ms,
+                                vm_start_ms,
+                            ),
+                            false,
+                        );
+                    }
+                    None => {}
+                }
+                (resp, true)
             }
-            Ok(Conversation::Failed(message, vm)) => {
+            Ok((Conversation::Failed(message), _)) => {
                 tracing::warn!(%id, %message, console = %vm.console_tail(400), "agent could not run the job");
-                vm.destroy().await;
-                self.sandbox_error(
+                let resp = self.sandbox_error(
                     id,
                     &format!("the guest agent could not run the job: {message}"),
                     received,
                     queued_ms,
                     vm_start_ms,
-                )
+                );
+                (resp, true)
             }
-            Ok(Conversation::Cancelled) => {
+            Ok((Conversation::Cancelled, _)) => {
                 tracing::info!(%id, "client went away; VM destroyed");
-                self.sandbox_error(
+                let resp = self.sandbox_error(
                     id,
                     "cancelled: the client went away",
                     received,
                     queued_ms,
                     vm_start_ms,
-                )
+                );
+                (resp, false)
             }
-            Ok(Conversation::Broken(why, console)) => {
-                tracing::warn!(%id, %why, %console, "VM died during the job");
-                self.sandbox_error(
+            Ok((Conversation::Broken(why), _)) => {
+                tracing::warn!(%id, %why, console = %vm.console_tail(400), "VM died during the job");
+                let resp = self.sandbox_error(
                     id,
                     "the microVM stopped before reporting a result",
                     received,
                     queued_ms,
                     vm_start_ms,
-                )
+                );
+                (resp, false)
             }
             Err(_) => {
-                // The VM future was dropped, which killed the VM.
                 tracing::warn!(%id, ?deadline, "agent did not report in time; VM destroyed");
                 let mut r = self.sandbox_error(
                     id,
@@ -252,22 +330,24 @@ impl Executor {
                 );
                 r.status = ExecutionStatus::Timeout;
                 r.timings_ms.exec = exec_ms;
-                r
+                (r, false)
             }
-        };
-        self.metrics.finished(&resp);
-        drop(admitted);
-        resp
+        }
     }
 
-    fn job_for(&self, cmd: &ExecuteCommand) -> Job {
-        let path = format!("{WORK_DIR}/{}", cmd.language.file_name);
+    pub(crate) fn job_for(&self, cmd: &ExecuteCommand) -> Job {
+        self.job_with_code_file(cmd, &cmd.language.file_name)
+    }
+
+    /// A job whose code goes to `code_file` (relative to the work dir).
+    pub(crate) fn job_with_code_file(&self, cmd: &ExecuteCommand, code_file: &str) -> Job {
+        let path = format!("{WORK_DIR}/{code_file}");
         let mut entropy = vec![0u8; 64];
         rand::thread_rng().fill_bytes(&mut entropy);
         let workdir_bytes = self.settings.workdir_mb << 20;
         Job {
             argv: cmd.language.argv(&path, &cmd.args),
-            code_file: cmd.language.file_name.clone(),
+            code_file: code_file.to_string(),
             code: cmd.code.clone(),
             stdin: cmd.stdin.clone(),
             env: cmd.env.clone(),
@@ -319,10 +399,12 @@ impl Executor {
             },
             backend: self.vmm.name().to_string(),
             error: None,
+            files: None,
+            files_truncated: None,
         }
     }
 
-    fn sandbox_error(
+    pub(crate) fn sandbox_error(
         &self,
         id: String,
         msg: &str,
@@ -347,6 +429,8 @@ impl Executor {
             },
             backend: self.vmm.name().to_string(),
             error: Some(msg.to_string()),
+            files: None,
+            files_truncated: None,
         }
     }
 }
@@ -420,25 +504,36 @@ pub async fn relay_live<T>(
     }
 }
 
+/// Where a job's identity and timings so far come from, for its response.
+#[derive(Debug)]
+pub(crate) struct JobContext {
+    pub id: String,
+    pub received: Instant,
+    pub queued_ms: u64,
+    pub vm_start_ms: u64,
+    /// A sandbox outlives its client: when the live receiver goes away the job runs
+    /// on (bounded by its timeout), its output dropped, instead of the VM being destroyed.
+    pub detach_on_cancel: bool,
+}
+
 enum Conversation {
-    Exited(ExitReport, Output, Vm),
-    /// The live receiver went away; the VM is already destroyed.
+    Exited(ExitReport, Output),
+    /// The live receiver went away (one-shot only); the VM must be destroyed.
     Cancelled,
-    Failed(String, Vm),
-    /// The channel broke: the VM crashed or the agent died. The VM is already destroyed.
-    Broken(String, String),
+    Failed(String),
+    /// The channel broke: the VM crashed or the agent died.
+    Broken(String),
 }
 
 async fn converse(
-    mut vm: Vm,
+    vm: &mut Vm,
     job: Job,
     cap: usize,
-    live: Option<mpsc::Sender<OutputChunk>>,
+    mut live: Option<mpsc::Sender<OutputChunk>>,
+    detach_on_cancel: bool,
 ) -> Conversation {
     if let Err(e) = vm.channel.send(HostMsg::Run(Box::new(job))).await {
-        let console = vm.console_tail(400);
-        vm.destroy().await;
-        return Conversation::Broken(error_chain(&e), console);
+        return Conversation::Broken(error_chain(&e));
     }
     let mut out = Output::default();
     loop {
@@ -446,8 +541,11 @@ async fn converse(
             Some(tx) => tokio::select! {
                 m = vm.channel.next() => m,
                 _ = tx.closed() => {
-                    vm.destroy().await;
-                    return Conversation::Cancelled;
+                    if !detach_on_cancel {
+                        return Conversation::Cancelled;
+                    }
+                    live = None;
+                    continue;
                 }
             },
             None => vm.channel.next().await,
@@ -456,30 +554,78 @@ async fn converse(
             Some(Ok(GuestMsg::Output { stream, data })) => match &live {
                 Some(tx) => {
                     if tx.send(OutputChunk { stream, data }).await.is_err() {
-                        vm.destroy().await;
-                        return Conversation::Cancelled;
+                        if !detach_on_cancel {
+                            return Conversation::Cancelled;
+                        }
+                        live = None;
                     }
                 }
                 None => out.push(stream, &data, cap),
             },
-            Some(Ok(GuestMsg::Exit(report))) => return Conversation::Exited(report, out, vm),
-            Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message, vm),
-            Some(Ok(GuestMsg::Ready { .. })) => {
-                let console = vm.console_tail(400);
-                vm.destroy().await;
-                return Conversation::Broken("agent said ready twice".into(), console);
+            Some(Ok(GuestMsg::Exit(report))) => return Conversation::Exited(report, out),
+            Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message),
+            Some(Ok(other)) => {
+                return Conversation::Broken(format!("agent sent {} during a job", kind(&other)))
             }
-            Some(Err(e)) => {
-                let console = vm.console_tail(400);
-                vm.destroy().await;
-                return Conversation::Broken(error_chain(&e), console);
-            }
-            None => {
-                let console = vm.console_tail(400);
-                vm.destroy().await;
-                return Conversation::Broken("agent channel closed".into(), console);
-            }
+            Some(Err(e)) => return Conversation::Broken(error_chain(&e)),
+            None => return Conversation::Broken("agent channel closed".into()),
         }
+    }
+}
+
+/// A message's name, for errors.
+pub(crate) fn kind(m: &GuestMsg) -> &'static str {
+    match m {
+        GuestMsg::Ready { .. } => "ready",
+        GuestMsg::Output { .. } => "output",
+        GuestMsg::Exit(_) => "exit",
+        GuestMsg::Failed { .. } => "failed",
+        GuestMsg::Done => "done",
+        GuestMsg::FileData { .. } => "file_data",
+        GuestMsg::Listing { .. } => "listing",
+        GuestMsg::Collected { .. } => "collected",
+        GuestMsg::FileError { .. } => "file_error",
+    }
+}
+
+/// Sends one request that is not a job and waits for its one answer. `Err` means
+/// the channel broke (the VM is unusable).
+pub(crate) async fn request(vm: &mut Vm, msg: HostMsg) -> Result<GuestMsg, String> {
+    vm.channel.send(msg).await.map_err(|e| error_chain(&e))?;
+    match vm.channel.next().await {
+        Some(Ok(m)) => Ok(m),
+        Some(Err(e)) => Err(error_chain(&e)),
+        None => Err("agent channel closed".into()),
+    }
+}
+
+/// Asks the agent for the files matching `patterns`, within the caps.
+async fn collect_files(
+    vm: &mut Vm,
+    patterns: &[String],
+    max_files: usize,
+    max_bytes: usize,
+) -> Result<(Vec<OutputFile>, bool), String> {
+    let spec = CollectSpec {
+        patterns: patterns.to_vec(),
+        max_files: max_files as u32,
+        max_bytes: max_bytes as u64,
+    };
+    match request(vm, HostMsg::Collect(spec)).await? {
+        GuestMsg::Collected { files, truncated } => Ok((
+            files
+                .into_iter()
+                .map(|f| OutputFile {
+                    size: f.content.len() as u64,
+                    content: base64::engine::general_purpose::STANDARD.encode(&f.content),
+                    path: f.path,
+                    encoding: FileEncoding::Base64,
+                })
+                .collect(),
+            truncated,
+        )),
+        GuestMsg::FileError { message, .. } => Err(message),
+        other => Err(format!("agent answered {} to collect", kind(&other))),
     }
 }
 

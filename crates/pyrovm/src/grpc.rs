@@ -66,6 +66,7 @@ pub fn to_request(r: pb::ExecuteRequest) -> ExecuteRequest {
             max_output_bytes: l.max_output_bytes,
             max_processes: l.max_processes,
         },
+        files_out: r.files_out,
     }
 }
 
@@ -105,6 +106,18 @@ pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
         }),
         backend: r.backend.clone(),
         error: r.error.clone(),
+        files: r
+            .files
+            .iter()
+            .flatten()
+            .map(|f| pb::File {
+                path: f.path.clone(),
+                content: base64::engine::general_purpose::STANDARD
+                    .decode(&f.content)
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        files_truncated: r.files_truncated,
     }
 }
 
@@ -140,7 +153,40 @@ impl ExecutionService {
     }
 }
 
-type EventStream = Pin<Box<dyn FutStream<Item = Result<pb::ExecuteEvent, Status>> + Send>>;
+pub(crate) type EventStream =
+    Pin<Box<dyn FutStream<Item = Result<pb::ExecuteEvent, Status>> + Send>>;
+
+/// Relays a job's live output as `ExecuteEvent`s, then its `exit`. A client that goes
+/// away drops `chunks`; what that does to the job is the job's choice (a sandbox
+/// exec runs on to its end, its output dropped).
+pub(crate) fn event_stream(
+    mut chunks: mpsc::Receiver<OutputChunk>,
+    job: tokio::task::JoinHandle<ExecuteResponse>,
+) -> EventStream {
+    let (event_tx, event_rx) = mpsc::channel::<Result<pb::ExecuteEvent, Status>>(32);
+    tokio::spawn(async move {
+        use pb::execute_event::Event;
+        let done = relay_live(&mut chunks, &event_tx, |c| {
+            let event = match c.stream {
+                tvm_proto::Stream::Stdout => Event::Stdout(c.data),
+                tvm_proto::Stream::Stderr => Event::Stderr(c.data),
+            };
+            Some(Ok(pb::ExecuteEvent { event: Some(event) }))
+        })
+        .await;
+        if !done {
+            return;
+        }
+        let last = match job.await {
+            Ok(resp) => Ok(pb::ExecuteEvent {
+                event: Some(Event::Exit(to_pb(&resp, false))),
+            }),
+            Err(_) => Err(Status::internal("execution task failed")),
+        };
+        let _ = event_tx.send(last).await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(event_rx))
+}
 
 #[tonic::async_trait]
 impl pb::execution_server::Execution for ExecutionService {
@@ -166,35 +212,12 @@ impl pb::execution_server::Execution for ExecutionService {
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
         let cmd = self.command(req.into_inner())?;
         let admitted = self.state.executor.admit().map_err(core_status)?;
-        let (chunk_tx, mut chunk_rx) = mpsc::channel::<OutputChunk>(32);
-        let (event_tx, event_rx) = mpsc::channel::<Result<pb::ExecuteEvent, Status>>(32);
+        let (chunk_tx, chunk_rx) = mpsc::channel::<OutputChunk>(32);
         let state = self.state.clone();
+        // A client that cancels drops chunk_rx, which destroys the VM.
         let job =
             tokio::spawn(async move { state.executor.run(admitted, cmd, Some(chunk_tx)).await });
-        tokio::spawn(async move {
-            use pb::execute_event::Event;
-            let done = relay_live(&mut chunk_rx, &event_tx, |c| {
-                let event = match c.stream {
-                    tvm_proto::Stream::Stdout => Event::Stdout(c.data),
-                    tvm_proto::Stream::Stderr => Event::Stderr(c.data),
-                };
-                Some(Ok(pb::ExecuteEvent { event: Some(event) }))
-            })
-            .await;
-            if !done {
-                return; // the client cancelled: dropping chunk_rx destroys the VM
-            }
-            let last = match job.await {
-                Ok(resp) => Ok(pb::ExecuteEvent {
-                    event: Some(Event::Exit(to_pb(&resp, false))),
-                }),
-                Err(_) => Err(Status::internal("execution task failed")),
-            };
-            let _ = event_tx.send(last).await;
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(event_rx),
-        )))
+        Ok(Response::new(event_stream(chunk_rx, job)))
     }
 
     async fn list_languages(
@@ -217,7 +240,7 @@ impl pb::execution_server::Execution for ExecutionService {
     }
 }
 
-/// The gRPC services (Execution, health, reflection) as an axum router to merge into the HTTP one.
+/// The gRPC services (Execution, Sandboxes, health, reflection) as an axum router to merge into the HTTP one.
 pub fn router(state: Arc<AppState>) -> axum::Router {
     use futures_util::FutureExt as _;
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -226,13 +249,20 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     if serving.now_or_never().is_none() {
         tracing::warn!("could not mark tvm.v1.Execution as SERVING");
     }
+    let serving = reporter.set_serving::<pb::sandboxes_server::SandboxesServer<
+        crate::grpc_sandboxes::SandboxesService,
+    >>();
+    if serving.now_or_never().is_none() {
+        tracing::warn!("could not mark tvm.v1.Sandboxes as SERVING");
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
     let mut routes = tonic::service::Routes::new(pb::execution_server::ExecutionServer::new(
-        ExecutionService::new(state),
+        ExecutionService::new(state.clone()),
     ))
+    .add_service(crate::grpc_sandboxes::server(state))
     .add_service(health);
     if let Ok(r) = reflection {
         routes = routes.add_service(r);

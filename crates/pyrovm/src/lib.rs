@@ -2,14 +2,18 @@
 //! the HTTP API, metrics, and its runtime directory (reaped on the next start if
 //! this instance crashes). The binary in `src/bin/pyrovm.rs` only parses flags.
 
+pub mod api;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod grpc_sandboxes;
 pub mod metrics;
 pub mod openapi;
 pub mod piston;
 pub mod pool;
+pub mod sandbox;
 pub mod server;
 
 // Shared with pyroshell; re-exported under their old paths.
@@ -42,6 +46,8 @@ pub enum StartError {
     NoImage { path: PathBuf },
     #[error("{0}")]
     Backend(String),
+    #[error("cluster settings")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A configured service, ready to serve.
@@ -55,6 +61,7 @@ pub struct Service {
     pool_options: pool::PoolOptions,
     listen: listen::ListenOptions,
     body_timeout: Duration,
+    forwarder: Option<Arc<cluster::Forwarder>>,
 }
 
 impl Service {
@@ -101,7 +108,26 @@ impl Service {
         }
         let vmm = make_backend(image, runtime.clone())?;
         tracing::info!(backend = vmm.name(), runtime = %runtime.dir().display(), image = %image_dir.display(), "pyrovm configured");
+        let cluster = match (
+            &config.cluster.advertise_addr,
+            &config.cluster.route_key_file,
+        ) {
+            (Some(addr), Some(key)) => Some(cluster::Cluster::from_key_file(*addr, key)?),
+            _ => None,
+        };
         let metrics = Arc::new(metrics::Metrics::new());
+        let sandboxes = sandbox::Sandboxes::new(
+            sandbox::SandboxSettings {
+                max_total: config.sandbox.max_total,
+                max_per_caller: config.sandbox.max_per_token,
+                max_file_bytes: config.sandbox.max_file_bytes,
+                busy_timeout: Duration::from_millis(config.sandbox.busy_timeout_ms),
+                bounds: config.sandbox.bounds(),
+                base_workdir_mb: config.workdir_mb,
+                cluster: cluster.clone(),
+            },
+            metrics.clone(),
+        );
         let executor = Executor::new(
             vmm,
             CoreSettings {
@@ -110,6 +136,8 @@ impl Service {
                 workdir_mb: config.workdir_mb,
                 host_deadline_slack: Duration::from_millis(config.host_deadline_slack_ms),
                 runtime_dir: Some(runtime.dir().to_path_buf()),
+                max_files_out: config.limits.max_files_out,
+                max_files_out_bytes: config.limits.max_files_out_bytes,
             },
             metrics,
         );
@@ -118,6 +146,7 @@ impl Service {
             languages: LanguageTable::builtin(),
             bounds: config.limits,
             ready: AtomicBool::new(true),
+            sandboxes,
         });
         Ok(Self {
             state,
@@ -132,6 +161,8 @@ impl Service {
                 max_connections: config.max_connections,
             },
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            forwarder: cluster
+                .map(|c| Arc::new(cluster::Forwarder::new(c, config.cluster.peer_host.clone()))),
         })
     }
 
@@ -150,6 +181,7 @@ impl Service {
             self.max_body_bytes,
             self.body_timeout,
             self.tokens.clone(),
+            self.forwarder.clone(),
         )
     }
 
@@ -165,12 +197,14 @@ impl Service {
         let pool = state
             .executor
             .start_pool(&self.pool, self.pool_options.clone());
+        let sweeper = state.sandboxes.spawn_sweeper();
         let app = self.router();
         let drained = listen::serve(listener, app, self.listen, async move {
             shutdown.await;
             state
                 .ready
                 .store(false, std::sync::atomic::Ordering::Release);
+            state.sandboxes.stop_creating();
             state.executor.close();
             tracing::info!("shutting down: no new executions; finishing in-flight ones");
         })
@@ -181,6 +215,9 @@ impl Service {
                 "in-flight requests cut at the drain deadline"
             );
         }
+        // Sandboxes live in memory only: a stopping service ends them all.
+        self.state.sandboxes.close_all().await;
+        sweeper.abort();
         if let Some(pool) = pool {
             pool.drain().await;
         }

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub(crate) boot_seconds: Histogram,
     duration_seconds: Histogram,
     output_bytes: Counter<u64, AtomicU64>,
+    sandboxes_active: Gauge,
+    sandbox_ends: Family<ReasonLabel, Counter>,
+    sandbox_execs: Counter,
 }
 
 impl Default for Metrics {
@@ -68,6 +71,24 @@ impl Metrics {
             "rejected",
             "Requests refused before a VM started",
             rejected.clone(),
+        );
+        let sandboxes_active = Gauge::default();
+        registry.register(
+            "sandboxes_active",
+            "Sandboxes alive now",
+            sandboxes_active.clone(),
+        );
+        let sandbox_ends = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sandbox_ends",
+            "Sandboxes ended, by reason (deleted, ttl, idle, vm_died, shutdown, failed)",
+            sandbox_ends.clone(),
+        );
+        let sandbox_execs = Counter::default();
+        registry.register(
+            "sandbox_execs",
+            "Executions run inside sandboxes (also counted in tvm_executions_total)",
+            sandbox_execs.clone(),
         );
         let vm_boots = Counter::default();
         registry.register("vm_boots", "VM starts attempted", vm_boots.clone());
@@ -139,7 +160,27 @@ impl Metrics {
             boot_seconds,
             duration_seconds,
             output_bytes,
+            sandboxes_active,
+            sandbox_ends,
+            sandbox_execs,
         }
+    }
+
+    pub fn sandbox_started(&self) {
+        self.sandboxes_active.inc();
+    }
+
+    pub fn sandbox_ended(&self, reason: &str) {
+        self.sandboxes_active.dec();
+        self.sandbox_ends
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn sandbox_exec(&self) {
+        self.sandbox_execs.inc();
     }
 
     pub fn rejected(&self, reason: &str) {

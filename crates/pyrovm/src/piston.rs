@@ -192,6 +192,7 @@ pub fn to_request(p: PistonRequest, table: &LanguageTable) -> Result<ExecuteRequ
             memory_mb,
             ..RequestLimits::default()
         },
+        files_out: Vec::new(),
     })
 }
 

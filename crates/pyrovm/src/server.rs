@@ -34,6 +34,7 @@ pub struct AppState {
     pub languages: &'static LanguageTable,
     pub bounds: LimitBounds,
     pub ready: AtomicBool,
+    pub sandboxes: Arc<crate::sandbox::Sandboxes>,
 }
 
 /// An error answer; the only place HTTP status codes for failures are chosen
@@ -44,6 +45,7 @@ pub enum Failure {
     BodyTooLarge,
     BadBody(String),
     Core(CoreError),
+    Sandbox(crate::sandbox::SandboxError),
     NotFound,
     NotReady,
 }
@@ -72,6 +74,13 @@ impl IntoResponse for Failure {
                 e.to_string(),
                 Some(5),
             ),
+            Failure::Sandbox(crate::sandbox::SandboxError::Core(e)) => {
+                return Failure::Core(e).into_response()
+            }
+            Failure::Sandbox(e) => {
+                let (status, code, retry) = crate::api::sandboxes::status_of(&e);
+                (status, code, e.to_string(), retry)
+            }
             Failure::NotFound => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -94,11 +103,13 @@ pub fn router(
     max_body_bytes: usize,
     body_timeout: std::time::Duration,
     tokens: Arc<Tokens>,
+    forwarder: Option<Arc<crate::cluster::Forwarder>>,
 ) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/execute", post(execute))
         .route("/v1/execute/stream", post(execute_stream))
         .route("/v1/languages", get(languages))
+        .merge(crate::api::sandboxes::routes())
         .route("/api/v2/runtimes", get(crate::piston::runtimes))
         .route("/api/v2/execute", post(crate::piston::execute))
         .route("/healthz", get(healthz))
@@ -117,7 +128,16 @@ pub fn router(
         .with_state(state.clone())
         // gRPC (HTTP/2) on the same port; then our fallback replaces tonic's.
         .merge(crate::grpc::router(state))
-        .fallback(|| async { Failure::NotFound })
+        .fallback(|| async { Failure::NotFound });
+    // A sandbox another pyrovm holds is served there (after the token check).
+    let routes = match forwarder {
+        Some(f) => routes.layer(axum::middleware::from_fn_with_state(
+            f,
+            crate::cluster::forward_to_owner,
+        )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             middleware::require_token,
@@ -125,9 +145,12 @@ pub fn router(
         .layer(axum::middleware::from_fn(middleware::request_id))
 }
 
-/// Body → typed command: the shared front half of every execute endpoint.
-fn command(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<ExecuteCommand, Failure> {
-    let body = body.map_err(|e| {
+/// The request body, or the 413/400 answer for one that could not be read.
+pub(crate) fn read_body(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Failure> {
+    body.map_err(|e| {
         st.executor.metrics.rejected("body");
         match e {
             BytesRejection::FailedToBufferBody(ref inner)
@@ -137,10 +160,38 @@ fn command(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Execute
             }
             other => Failure::BadBody(other.body_text()),
         }
-    })?;
-    if !st.ready.load(Ordering::Acquire) {
-        return Err(Failure::NotReady);
+    })
+}
+
+/// 503 `not_ready` once shutdown has begun.
+pub(crate) fn ready(st: &AppState) -> Result<(), Failure> {
+    if st.ready.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(Failure::NotReady)
     }
+}
+
+/// Body → typed command: the shared front half of every execute endpoint.
+pub(crate) fn command(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<ExecuteCommand, Failure> {
+    command_with(st, body, validate)
+}
+
+/// [`command`] with another validation (a sandbox exec's).
+pub(crate) fn command_with(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    validate: fn(
+        tvm_api::ExecuteRequest,
+        &LanguageTable,
+        &LimitBounds,
+    ) -> Result<ExecuteCommand, ValidationError>,
+) -> Result<ExecuteCommand, Failure> {
+    let body = read_body(st, body)?;
+    ready(st)?;
     parse_execute(&body)
         .and_then(|req| validate(req, st.languages, &st.bounds))
         .map_err(|e| {
@@ -149,7 +200,7 @@ fn command(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Execute
         })
 }
 
-fn log_finished(resp: &ExecuteResponse) {
+pub(crate) fn log_finished(resp: &ExecuteResponse) {
     tracing::info!(
         id = %resp.id,
         status = ?resp.status,
@@ -205,13 +256,24 @@ pub(crate) async fn execute_stream(
 ) -> Result<Response, Failure> {
     let cmd = command(&st, body)?;
     let admitted = st.executor.admit().map_err(Failure::Core)?;
+    let runner = st.clone();
+    Ok(sse(move |chunk_tx| async move {
+        runner.executor.run(admitted, cmd, Some(chunk_tx)).await
+    }))
+}
+
+/// Server-Sent Events of one job: `run` gets the live output channel and returns
+/// the final response. A client that disconnects drops the channel's receiver
+/// (what that does to the job is `run`'s choice).
+pub(crate) fn sse<F, Fut>(run: F) -> Response
+where
+    F: FnOnce(mpsc::Sender<OutputChunk>) -> Fut,
+    Fut: std::future::Future<Output = ExecuteResponse> + Send + 'static,
+{
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<OutputChunk>(32);
     let (event_tx, event_rx) = mpsc::channel::<Event>(32);
     let span = tracing::Span::current();
-    let runner = st.clone();
-    let job = tokio::spawn(
-        async move { runner.executor.run(admitted, cmd, Some(chunk_tx)).await }.instrument(span),
-    );
+    let job = tokio::spawn(run(chunk_tx).instrument(span));
     tokio::spawn(async move {
         let mut out = Utf8Chunker::default();
         let mut err = Utf8Chunker::default();
@@ -224,7 +286,7 @@ pub(crate) async fn execute_stream(
         })
         .await;
         if !done {
-            return; // client gone: dropping chunk_rx cancels the job
+            return; // client gone: dropping chunk_rx tells the job
         }
         for (name, rest) in [("stdout", out.finish()), ("stderr", err.finish())] {
             if !rest.is_empty() {
@@ -240,9 +302,9 @@ pub(crate) async fn execute_stream(
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(event_rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(stream)
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
-        .into_response())
+        .into_response()
 }
 
 /// The languages this node runs.

@@ -16,21 +16,64 @@ impl JobCgroup {
         Self::create_named("job", memory_bytes, max_processes)
     }
 
-    /// A cgroup named `name` under the root, with memory and pids limits.
+    /// A cgroup named `name` under the root, with memory and pids limits; an OOM
+    /// kill ends every process in it.
     pub(crate) fn create_named(
         name: &str,
         memory_bytes: u64,
         max_processes: u32,
     ) -> std::io::Result<Self> {
+        let cg = Self::limited(name, memory_bytes, max_processes)?;
+        fs::write(cg.dir.join("memory.oom.group"), "1")?;
+        Ok(cg)
+    }
+
+    /// A sandbox's cgroup: the limits of all its jobs together. Jobs go into
+    /// children ([`JobCgroup::child`]); only leaves hold processes (cgroup v2).
+    pub(crate) fn create_parent(
+        name: &str,
+        memory_bytes: u64,
+        max_processes: u32,
+    ) -> std::io::Result<Self> {
+        let cg = Self::limited(name, memory_bytes, max_processes)?;
+        fs::write(cg.dir.join("cgroup.subtree_control"), "+memory +pids")?;
+        Ok(cg)
+    }
+
+    fn limited(name: &str, memory_bytes: u64, max_processes: u32) -> std::io::Result<Self> {
         fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory +pids")?;
         let dir = PathBuf::from(ROOT).join(name);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("memory.max"), memory_bytes.to_string())?;
-        // No swap exists, but be explicit; and kill the whole job on OOM.
+        // No swap exists, but be explicit.
         let _ = fs::write(dir.join("memory.swap.max"), "0");
-        fs::write(dir.join("memory.oom.group"), "1")?;
         fs::write(dir.join("pids.max"), max_processes.to_string())?;
         Ok(Self { dir })
+    }
+
+    /// A job's cgroup inside a sandbox's: an OOM kill ends the whole job (and only it).
+    pub(crate) fn child(&self, name: &str) -> std::io::Result<Self> {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("memory.oom.group"), "1")?;
+        Ok(Self { dir })
+    }
+
+    /// Removes children whose processes have all ended (earlier jobs' cgroups that
+    /// were still held by background processes when their job reported).
+    pub(crate) fn reap_children(&self) {
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+
+    /// Removes the cgroup if no process is left in it.
+    pub(crate) fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(&self.dir);
     }
 
     /// Path of `cgroup.procs`, opened before fork so the child can join with one write.

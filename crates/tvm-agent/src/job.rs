@@ -1,43 +1,29 @@
 //! Runs one job: files into a fresh tmpfs work dir, the program as an unprivileged
 //! user in its own cgroup, output streamed with a cap, a wall-clock deadline.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use tvm_proto::{
-    check_relative_path, CodecError, ExitReport, GuestMsg, Job, Outcome, Stream, JOB_UID, WORK_DIR,
-};
+use tvm_proto::{CodecError, ExitReport, GuestMsg, Job, Outcome, Stream, JOB_UID, WORK_DIR};
 
 use crate::cgroup::JobCgroup;
-use crate::sys;
+use crate::{reaper, sys};
 
 /// Why a job could not be started or reported.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JobError {
     #[error("cannot prepare the work dir")]
     WorkDir(#[source] nix::Error),
-    #[error("refused file path {path:?}")]
-    BadPath {
-        path: String,
-        #[source]
-        source: tvm_proto::PathError,
-    },
-    #[error("cannot write {path}")]
-    WriteFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {message}")]
+    WriteFile { path: String, message: String },
     #[error("cannot set up the job cgroup")]
     Cgroup(#[source] std::io::Error),
     #[error("cannot start {program}")]
@@ -54,6 +40,9 @@ pub(crate) enum JobError {
 
 /// How long to wait for output to drain after the program has exited.
 const DRAIN: Duration = Duration::from_secs(2);
+/// In a sandbox, how long output is still taken after the program exited while
+/// processes it started in the background keep running (and may hold the pipes).
+const BACKGROUND_GRACE: Duration = Duration::from_millis(100);
 /// Largest chunk read from a pipe and sent in one frame.
 const CHUNK: usize = 64 * 1024;
 
@@ -63,23 +52,71 @@ enum Event {
     Exited(WaitStatus),
 }
 
+/// What a sandbox shares between its jobs (made by `Open`).
+#[derive(Debug)]
+pub(crate) struct Session {
+    cgroup: JobCgroup,
+    workdir_bytes: u64,
+    jobs: u64,
+}
+
+impl Session {
+    /// Sizes the work dir and makes the sandbox's cgroup.
+    pub(crate) fn open(spec: &tvm_proto::SessionSpec) -> Result<Self, JobError> {
+        if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
+            resize_dirs(spec.workdir_bytes)?;
+        } else {
+            prepare_dirs(spec.workdir_bytes)?;
+            PREPARED.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let cgroup = JobCgroup::create_parent("sandbox", spec.memory_bytes, spec.max_processes)
+            .map_err(JobError::Cgroup)?;
+        Ok(Self {
+            cgroup,
+            workdir_bytes: spec.workdir_bytes,
+            jobs: 0,
+        })
+    }
+}
+
 pub(crate) fn run(
     job: &Job,
+    session: Option<&mut Session>,
     send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
 ) -> Result<ExitReport, JobError> {
     let _ = sys::set_clock(job.clock_unix_ns);
     let _ = sys::add_entropy(&job.entropy);
-    if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
-        resize_dirs(job.limits.workdir_bytes)?;
-    } else {
-        prepare_dirs(job.limits.workdir_bytes)?;
+    let in_session = session.is_some();
+    if !in_session {
+        if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
+            resize_dirs(job.limits.workdir_bytes)?;
+        } else {
+            prepare_dirs(job.limits.workdir_bytes)?;
+            PREPARED.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
     write_file(&job.code_file, &job.code)?;
     for f in &job.files {
         write_file(&f.path, &f.content)?;
     }
-    let cg = JobCgroup::create(job.limits.memory_bytes, job.limits.max_processes)
-        .map_err(JobError::Cgroup)?;
+    let (cg, fsize) = match session {
+        // Each job of a sandbox gets a child cgroup: the sandbox's limits hold for
+        // all of them together, and a timeout ends this job's processes only.
+        Some(s) => {
+            s.jobs += 1;
+            s.cgroup.reap_children();
+            let cg = s
+                .cgroup
+                .child(&format!("job{}", s.jobs))
+                .map_err(JobError::Cgroup)?;
+            (cg, s.workdir_bytes)
+        }
+        None => (
+            JobCgroup::create(job.limits.memory_bytes, job.limits.max_processes)
+                .map_err(JobError::Cgroup)?,
+            job.limits.workdir_bytes,
+        ),
+    };
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(cg.procs_path())
@@ -96,19 +133,20 @@ pub(crate) fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let procs_fd = procs.as_raw_fd();
-    let fsize = job.limits.workdir_bytes;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls on values captured by copy; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || drop_into_sandbox(procs_fd, fsize));
     }
     let start = Instant::now();
+    let spawning = reaper::lock_for_spawn();
     let mut child = cmd.spawn().map_err(|source| JobError::Spawn {
         program: program.clone(),
         source,
     })?;
-    drop(procs);
     let pid = Pid::from_raw(child.id() as i32);
+    let exited = spawning.watch(pid);
+    drop(procs);
 
     let (tx, rx) = mpsc::channel();
     if let Some(mut stdin) = child.stdin.take() {
@@ -140,7 +178,11 @@ pub(crate) fn run(
     }
     {
         let tx = tx.clone();
-        std::thread::spawn(move || reap(pid, &tx));
+        std::thread::spawn(move || {
+            if let Ok(st) = exited.recv() {
+                let _ = tx.send(Event::Exited(st));
+            }
+        });
     }
     drop(tx);
 
@@ -185,9 +227,15 @@ pub(crate) fn run(
             Ok(Event::Exited(st)) => {
                 exec_ms = start.elapsed().as_millis() as u64;
                 status = Some(st);
-                // Background processes would keep the pipes open: end them all.
-                cg.kill_all();
-                wake = Instant::now() + DRAIN;
+                if in_session && !cg.is_empty() {
+                    // A sandbox keeps what the job left running; it may hold the
+                    // pipes open, so take what it wrote by now and report.
+                    wake = Instant::now() + BACKGROUND_GRACE;
+                } else {
+                    // Background processes would keep the pipes open: end them all.
+                    cg.kill_all();
+                    wake = Instant::now() + DRAIN;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if status.is_some() {
@@ -216,7 +264,11 @@ pub(crate) fn run(
         Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
         _ => (None, None),
     };
-    let _ = cg.is_empty();
+    if in_session {
+        cg.remove_if_empty();
+        // The code file is the exec's, not part of the sandbox's files.
+        let _ = fs::remove_file(std::path::Path::new(WORK_DIR).join(&job.code_file));
+    }
     Ok(ExitReport {
         outcome,
         exit_code,
@@ -327,43 +379,30 @@ fn prepare_dirs(workdir_bytes: u64) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Writes a user file under the work dir, owned by the job user.
+/// Writes a user file under the work dir, owned by the job user, never following
+/// a symlink out of it (a sandbox's earlier jobs may have left some).
 fn write_file(rel: &str, content: &[u8]) -> Result<(), JobError> {
-    check_relative_path(rel).map_err(|source| JobError::BadPath {
+    crate::files::write(&tvm_proto::JobFile {
         path: rel.to_string(),
-        source,
-    })?;
-    let path = Path::new(WORK_DIR).join(rel);
-    let err = |source| JobError::WriteFile {
+        content: content.to_vec(),
+    })
+    .map_err(|e| JobError::WriteFile {
         path: rel.to_string(),
-        source,
-    };
-    let mut dir = Path::new(WORK_DIR).to_path_buf();
-    if let Some(parent) = Path::new(rel).parent() {
-        for comp in parent.components() {
-            dir.push(comp);
-            if !dir.is_dir() {
-                fs::create_dir(&dir).map_err(err)?;
-                std::os::unix::fs::chown(&dir, Some(JOB_UID), Some(JOB_UID)).map_err(err)?;
-            }
-        }
-    }
-    let mut f = File::create(&path).map_err(err)?;
-    f.write_all(content).map_err(err)?;
-    f.set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(err)?;
-    std::os::unix::fs::fchown(&f, Some(JOB_UID), Some(JOB_UID)).map_err(err)?;
-    Ok(())
+        message: e.message,
+    })
 }
 
 fn pump(mut pipe: Box<dyn Read + Send>, stream: Stream, tx: &mpsc::Sender<Event>) {
     let mut buf = vec![0u8; CHUNK];
+    let mut open = true;
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if tx.send(Event::Out(stream, buf[..n].to_vec())).is_err() {
-                    return;
+                // After the job reported, a background process of a sandbox may
+                // still write: keep reading (and dropping) so it never gets EPIPE.
+                if open && tx.send(Event::Out(stream, buf[..n].to_vec())).is_err() {
+                    open = false;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -371,20 +410,4 @@ fn pump(mut pipe: Box<dyn Read + Send>, stream: Stream, tx: &mpsc::Sender<Event>
         }
     }
     let _ = tx.send(Event::Eof);
-}
-
-/// As PID 1 every orphan is ours: reap them all, report the job's own exit.
-fn reap(job: Pid, tx: &mpsc::Sender<Event>) {
-    loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(st @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
-                if pid == job =>
-            {
-                let _ = tx.send(Event::Exited(st));
-            }
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }

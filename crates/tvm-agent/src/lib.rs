@@ -1,15 +1,16 @@
 //! The guest agent. It runs as PID 1: it mounts the root filesystem read-only,
-//! opens the host channel, says ready, takes exactly one job, runs it as an
-//! unprivileged user inside a cgroup with limits, streams its output, reports how
-//! it ended, and powers the VM off. See docs/ARCHITECTURE.md ("The agent").
+//! opens the host channel, says ready, takes a job, runs it as an unprivileged
+//! user inside a cgroup with limits, streams its output and reports how it ended;
+//! then it serves file requests, and in a sandbox further jobs, until the host
+//! goes away, and powers the VM off. See docs/ARCHITECTURE.md ("The agent").
 
 mod boot;
 mod cgroup;
+mod files;
 mod job;
+mod reaper;
 mod sys;
 mod warm;
-
-use std::time::Duration;
 
 use tvm_proto::{error_chain, BlockingChannel, GuestMsg, HostMsg};
 
@@ -51,15 +52,14 @@ fn ready() -> GuestMsg {
 }
 
 /// Says ready, answers warm-up and resume requests (each with another ready), and
-/// returns the one job.
-fn serve_until_job<T: std::io::Read + std::io::Write>(
+/// returns the first request that is work.
+fn serve_until_work<T: std::io::Read + std::io::Write>(
     ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
-) -> Result<Box<tvm_proto::Job>, tvm_proto::CodecError> {
+) -> Result<HostMsg, tvm_proto::CodecError> {
     job::prepare_ahead();
     ch.send(ready())?;
     loop {
         match ch.recv()? {
-            HostMsg::Run(job) => return Ok(job),
             HostMsg::Warm(w) => {
                 let ok = warm::warm(&w);
                 if ok < w.commands.len() {
@@ -74,11 +74,58 @@ fn serve_until_job<T: std::io::Read + std::io::Write>(
                 warm::resume(&r);
                 ch.send(ready())?;
             }
+            work => return Ok(work),
         }
     }
 }
 
-/// Boot, serve one job, return an exit code if anything went wrong before reporting.
+/// Answers one request; `Err` only when the channel itself failed.
+fn serve_one<T: std::io::Read + std::io::Write>(
+    msg: HostMsg,
+    session: &mut Option<job::Session>,
+    ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
+) -> Result<(), tvm_proto::CodecError> {
+    let reply = match msg {
+        HostMsg::Run(job) => match job::run(&job, session.as_mut(), &mut |m| ch.send(m)) {
+            Ok(report) => GuestMsg::Exit(report),
+            Err(e) => GuestMsg::Failed {
+                message: error_chain(&e),
+            },
+        },
+        HostMsg::Open(spec) => match job::Session::open(&spec) {
+            Ok(s) => {
+                *session = Some(s);
+                GuestMsg::Done
+            }
+            Err(e) => GuestMsg::Failed {
+                message: error_chain(&e),
+            },
+        },
+        HostMsg::WriteFile(f) => match files::write(&f) {
+            Ok(()) => GuestMsg::Done,
+            Err(e) => e.into_msg(),
+        },
+        HostMsg::ReadFile { path, max_bytes } => match files::read(&path, max_bytes) {
+            Ok(content) => GuestMsg::FileData { content },
+            Err(e) => e.into_msg(),
+        },
+        HostMsg::ListDir { path } => match files::list(&path) {
+            Ok(entries) => GuestMsg::Listing { entries },
+            Err(e) => e.into_msg(),
+        },
+        HostMsg::Collect(c) => match files::collect(&c.patterns, c.max_files, c.max_bytes) {
+            Ok((files, truncated)) => GuestMsg::Collected { files, truncated },
+            Err(e) => e.into_msg(),
+        },
+        HostMsg::Warm(_) | HostMsg::Resume(_) => GuestMsg::Failed {
+            message: "warm-up and resume come before any work".into(),
+        },
+    };
+    ch.send(reply)
+}
+
+/// Boot, then serve requests until the host goes away (it normally destroys the
+/// VM first); returns an exit code if anything went wrong.
 pub fn run_as_init() -> i32 {
     let cfg = match boot::boot() {
         Ok(cfg) => cfg,
@@ -95,8 +142,8 @@ pub fn run_as_init() -> i32 {
         }
     };
     // One connection at a time; a vsock connection reset by a snapshot restore
-    // before any job arrived is replaced by the next one.
-    let (mut ch, job) = loop {
+    // before any work arrived is replaced by the next one.
+    let (mut ch, first) = loop {
         let conn = match channel.next() {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -109,25 +156,21 @@ pub fn run_as_init() -> i32 {
             }
         };
         let mut ch: BlockingChannel<_, HostMsg, GuestMsg> = BlockingChannel::new(conn);
-        match serve_until_job(&mut ch) {
-            Ok(job) => break (ch, job),
+        match serve_until_work(&mut ch) {
+            Ok(work) => break (ch, work),
             Err(e) => {
                 eprintln!("tvm-agent: no job on this connection: {}", error_chain(&e));
             }
         }
     };
-    let reply = match job::run(&job, &mut |msg| ch.send(msg)) {
-        Ok(report) => GuestMsg::Exit(report),
-        Err(e) => GuestMsg::Failed {
-            message: error_chain(&e),
-        },
-    };
-    if let Err(e) = ch.send(reply) {
-        eprintln!("tvm-agent: cannot report: {}", error_chain(&e));
-        return 5;
+    let mut session = None;
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        if let Err(e) = serve_one(msg, &mut session, &mut ch) {
+            eprintln!("tvm-agent: cannot answer: {}", error_chain(&e));
+            return 5;
+        }
+        next = ch.recv().ok();
     }
-    // The host normally destroys the VM as soon as it has the report; give it a
-    // moment to do so, then power off by ourselves.
-    std::thread::sleep(Duration::from_secs(2));
     0
 }

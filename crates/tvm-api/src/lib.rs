@@ -4,14 +4,21 @@
 //! sees an unvalidated request.
 
 mod languages;
+mod sandbox;
 mod types;
 mod validate;
 
 pub use languages::{Language, LanguageError, LanguageTable};
+pub use sandbox::{
+    parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,
+    FileWritten, SandboxBounds, SandboxCommand, SandboxInfo, SandboxLimits, SandboxLimitsRequest,
+    SandboxList,
+};
 pub use types::{
     ApiError, ErrorBody, ExecuteRequest, ExecuteResponse, ExecutionStatus, FileEncoding, InputFile,
-    LanguageInfo, RequestLimits, StreamExit, Timings, Utf8Chunker,
+    LanguageInfo, OutputFile, RequestLimits, StreamExit, Timings, Utf8Chunker,
 };
 pub use validate::{
-    parse_execute, validate, Bound, ExecuteCommand, LimitBounds, Limits, ValidationError,
+    check_glob, parse_execute, validate, validate_in_sandbox, Bound, ExecuteCommand, LimitBounds,
+    Limits, ValidationError,
 };

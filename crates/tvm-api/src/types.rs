@@ -20,6 +20,20 @@ pub struct ExecuteRequest {
     pub files: Vec<InputFile>,
     #[serde(default)]
     pub limits: RequestLimits,
+    /// Globs relative to the work dir (`out/*.png`, `**/*.json`; `*` stays within one
+    /// directory): the matching regular files come back in the response's `files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_out: Vec<String>,
+}
+
+/// A file returned by `files_out` (always base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutputFile {
+    pub path: String,
+    pub content: String,
+    pub encoding: FileEncoding,
+    /// Bytes (decoded).
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -93,6 +107,12 @@ pub struct ExecuteResponse {
     /// Why the sandbox failed, for `sandbox_error` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The files `files_out` matched, sorted by path (only when it was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<OutputFile>>,
+    /// Whether the count or size cap of `files_out` left matching files out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_truncated: Option<bool>,
 }
 
 /// One entry of `GET /v1/languages`.
@@ -130,6 +150,10 @@ pub struct StreamExit {
     pub backend: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<OutputFile>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_truncated: Option<bool>,
 }
 
 impl From<&ExecuteResponse> for StreamExit {
@@ -144,6 +168,8 @@ impl From<&ExecuteResponse> for StreamExit {
             timings_ms: r.timings_ms,
             backend: r.backend.clone(),
             error: r.error.clone(),
+            files: r.files.clone(),
+            files_truncated: r.files_truncated,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct ExecuteCommand {
     pub env: BTreeMap<String, String>,
     pub files: Vec<JobFile>,
     pub limits: Limits,
+    /// Globs of files to return (checked by [`check_glob`]); empty: none.
+    pub files_out: Vec<String>,
 }
 
 /// Resolved limits of one execution.
@@ -59,6 +61,10 @@ pub struct LimitBounds {
     pub max_args: usize,
     pub max_env: usize,
     pub max_arg_bytes: usize,
+    /// `files_out`: at most this many files come back ...
+    pub max_files_out: usize,
+    /// ... holding at most this many bytes together (before base64).
+    pub max_files_out_bytes: usize,
 }
 
 impl Default for LimitBounds {
@@ -96,6 +102,8 @@ impl Default for LimitBounds {
             max_args: 64,
             max_env: 64,
             max_arg_bytes: 4096,
+            max_files_out: 64,
+            max_files_out_bytes: 8 << 20,
         }
     }
 }
@@ -130,6 +138,14 @@ pub enum ValidationError {
     InvalidEnvName(String),
     #[error("{0} must not contain NUL bytes")]
     NulByte(String),
+    #[error("files_out[{index}] {pattern:?}: {reason}")]
+    InvalidGlob {
+        index: usize,
+        pattern: String,
+        reason: String,
+    },
+    #[error("limits.{0} is set once for the whole sandbox, when it is created")]
+    SandboxLimit(&'static str),
 }
 
 impl ValidationError {
@@ -141,7 +157,8 @@ impl ValidationError {
             Self::LimitOutOfRange { .. } => "limit_out_of_range",
             Self::TooLarge { .. } | Self::TooMany { .. } => "input_too_large",
             Self::InvalidBase64 { .. } => "invalid_base64",
-            Self::InvalidPath { .. } => "invalid_path",
+            Self::InvalidPath { .. } | Self::InvalidGlob { .. } => "invalid_path",
+            Self::SandboxLimit(_) => "invalid_argument",
             Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
         }
     }
@@ -152,7 +169,11 @@ pub fn parse_execute(body: &[u8]) -> Result<ExecuteRequest, ValidationError> {
     serde_json::from_slice(body).map_err(|e| ValidationError::InvalidJson(e.to_string()))
 }
 
-fn bounded(name: &'static str, value: Option<u64>, b: Bound) -> Result<u64, ValidationError> {
+pub(crate) fn bounded(
+    name: &'static str,
+    value: Option<u64>,
+    b: Bound,
+) -> Result<u64, ValidationError> {
     let v = value.unwrap_or(b.default);
     if v < b.min || v > b.max {
         return Err(ValidationError::LimitOutOfRange {
@@ -170,6 +191,34 @@ fn env_name_ok(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 128
+}
+
+/// Environment variables: a bounded count, valid names, bounded values, no NUL.
+pub(crate) fn check_env(
+    env: &BTreeMap<String, String>,
+    bounds: &LimitBounds,
+) -> Result<(), ValidationError> {
+    if env.len() > bounds.max_env {
+        return Err(ValidationError::TooMany {
+            what: "env entries",
+            max: bounds.max_env,
+        });
+    }
+    for (k, v) in env {
+        if !env_name_ok(k) {
+            return Err(ValidationError::InvalidEnvName(k.clone()));
+        }
+        if v.contains('\0') {
+            return Err(ValidationError::NulByte(format!("env.{k}")));
+        }
+        if v.len() > bounds.max_arg_bytes {
+            return Err(ValidationError::TooLarge {
+                what: format!("env.{k}"),
+                max: bounds.max_arg_bytes,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a request against the language table and the bounds.
@@ -228,26 +277,7 @@ pub fn validate(
             });
         }
     }
-    if req.env.len() > bounds.max_env {
-        return Err(ValidationError::TooMany {
-            what: "env entries",
-            max: bounds.max_env,
-        });
-    }
-    for (k, v) in &req.env {
-        if !env_name_ok(k) {
-            return Err(ValidationError::InvalidEnvName(k.clone()));
-        }
-        if v.contains('\0') {
-            return Err(ValidationError::NulByte(format!("env.{k}")));
-        }
-        if v.len() > bounds.max_arg_bytes {
-            return Err(ValidationError::TooLarge {
-                what: format!("env.{k}"),
-                max: bounds.max_arg_bytes,
-            });
-        }
-    }
+    check_env(&req.env, bounds)?;
     if req.files.len() > bounds.max_files {
         return Err(ValidationError::TooMany {
             what: "files",
@@ -288,6 +318,26 @@ pub fn validate(
             content,
         });
     }
+    if let Some((index, path, other)) = conflicting_path(&language.file_name, &files) {
+        return Err(ValidationError::InvalidPath {
+            index,
+            path,
+            reason: format!("needs {other:?} to be a directory, but it is a file"),
+        });
+    }
+    if req.files_out.len() > bounds.max_files {
+        return Err(ValidationError::TooMany {
+            what: "files_out patterns",
+            max: bounds.max_files,
+        });
+    }
+    for (index, p) in req.files_out.iter().enumerate() {
+        check_glob(p).map_err(|reason| ValidationError::InvalidGlob {
+            index,
+            pattern: p.clone(),
+            reason,
+        })?;
+    }
     Ok(ExecuteCommand {
         language,
         code: req.code.into_bytes(),
@@ -296,7 +346,69 @@ pub fn validate(
         env: req.env,
         files,
         limits,
+        files_out: req.files_out,
     })
+}
+
+/// A file whose path has another file of the set as a directory (`a` and `a/b`):
+/// `(index, path, the file in the way)`. The code file counts as index-less.
+fn conflicting_path(code_file: &str, files: &[JobFile]) -> Option<(usize, String, String)> {
+    let names: HashSet<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain([code_file])
+        .collect();
+    for (index, f) in files.iter().enumerate() {
+        for (i, _) in f.path.match_indices('/') {
+            let dir = &f.path[..i];
+            if names.contains(dir) {
+                return Some((index, f.path.clone(), dir.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// A `files_out` glob: relative, no `..`, a valid pattern.
+pub fn check_glob(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.len() > tvm_proto::MAX_PATH_BYTES {
+        return Err(format!("must be 1 to {} bytes", tvm_proto::MAX_PATH_BYTES));
+    }
+    if pattern.starts_with('/') {
+        return Err("must be relative to the work dir".into());
+    }
+    if pattern
+        .split('/')
+        .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        return Err("must not contain '..', '.' or empty components".into());
+    }
+    if pattern.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    glob::Pattern::new(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("is not a valid glob: {}", e.msg))
+}
+
+/// Checks an execute request made inside a sandbox: as [`validate`], but the
+/// sandbox's own limits (memory, vCPUs, processes) cannot be changed per exec.
+pub fn validate_in_sandbox(
+    req: ExecuteRequest,
+    table: &LanguageTable,
+    bounds: &LimitBounds,
+) -> Result<ExecuteCommand, ValidationError> {
+    let l = &req.limits;
+    for (name, set) in [
+        ("memory_mb", l.memory_mb.is_some()),
+        ("vcpus", l.vcpus.is_some()),
+        ("max_processes", l.max_processes.is_some()),
+    ] {
+        if set {
+            return Err(ValidationError::SandboxLimit(name));
+        }
+    }
+    validate(req, table, bounds)
 }
 
 #[cfg(test)]
@@ -414,6 +526,60 @@ mod tests {
             file("a", "2", FileEncoding::Utf8),
         ];
         assert_eq!(check(r).unwrap_err().code(), "invalid_path");
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_a_directory_is_refused() {
+        let file = |p: &str| InputFile {
+            path: p.into(),
+            content: "x".into(),
+            encoding: FileEncoding::Utf8,
+        };
+        let mut r = req("python", "1");
+        r.files = vec![file("a"), file("a/b")];
+        let e = check(r).unwrap_err();
+        assert_eq!(e.code(), "invalid_path");
+        assert!(e.to_string().contains("\"a\""), "{e}");
+        let mut r = req("python", "1");
+        r.files = vec![file("x/y/z"), file("x/y")];
+        assert_eq!(check(r).unwrap_err().code(), "invalid_path");
+        // The code file is a file too.
+        let mut r = req("python", "1");
+        r.files = vec![file("main.py/x")];
+        assert_eq!(check(r).unwrap_err().code(), "invalid_path");
+        let mut r = req("python", "1");
+        r.files = vec![file("a/b"), file("a/c"), file("ab/c")];
+        check(r).unwrap();
+    }
+
+    #[test]
+    fn files_out_globs_are_checked() {
+        for good in ["out.txt", "out/*.png", "**/*.json", "a/[bc]?.txt"] {
+            assert_eq!(check_glob(good), Ok(()), "{good}");
+        }
+        for bad in ["", "/etc/*", "../x", "a/../b", "a//b", "./a", "a/[", "a\nb"] {
+            assert!(check_glob(bad).is_err(), "{bad:?}");
+        }
+        let mut r = req("python", "1");
+        r.files_out = vec!["ok/*".into(), "../up".into()];
+        let e = check(r).unwrap_err();
+        assert_eq!(e.code(), "invalid_path");
+        assert!(e.to_string().contains("files_out[1]"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_execs_cannot_change_the_sandbox_limits() {
+        let t = LanguageTable::builtin();
+        let b = LimitBounds::default();
+        let mut r = req("python", "1");
+        r.limits.timeout_ms = Some(1000);
+        r.limits.max_output_bytes = Some(10);
+        validate_in_sandbox(r, t, &b).unwrap();
+        let mut r = req("python", "1");
+        r.limits.memory_mb = Some(128);
+        let e = validate_in_sandbox(r, t, &b).unwrap_err();
+        assert_eq!(e.code(), "invalid_argument");
+        assert!(e.to_string().contains("memory_mb"), "{e}");
     }
 
     #[test]

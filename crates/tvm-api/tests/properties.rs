@@ -101,9 +101,17 @@ fn valid_request() -> impl Strategy<Value = ExecuteRequest> {
                 .get(&language)
                 .map(|l| l.file_name.clone())
                 .unwrap_or_default();
+            // A file may not sit where another needs a directory (`a` and `a/b`).
+            let names: std::collections::HashSet<String> =
+                files.keys().cloned().chain([code_file.clone()]).collect();
             let files = files
                 .into_iter()
                 .filter(|(path, _)| *path != code_file)
+                .filter(|(path, _)| {
+                    !path
+                        .match_indices('/')
+                        .any(|(i, _)| names.contains(&path[..i]))
+                })
                 .map(|(path, (content, encoding))| InputFile {
                     path,
                     content,
@@ -118,6 +126,7 @@ fn valid_request() -> impl Strategy<Value = ExecuteRequest> {
                 env,
                 files,
                 limits,
+                files_out: Vec::new(),
             }
         })
 }

@@ -144,13 +144,42 @@ fn unauthorized(req: &Request, message: &'static str) -> Response {
     error_response(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
 }
 
+/// Who is calling, for resources a caller owns (sandboxes): a digest of the bearer
+/// token that was accepted (never the token itself), or `anonymous` when auth is
+/// off. Put into every request's extensions by [`require_token`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Caller(String);
+
+impl Caller {
+    /// The caller when auth is off: everyone is the same caller.
+    pub fn anonymous() -> Self {
+        Self("anonymous".into())
+    }
+
+    /// The caller presenting this (accepted) token.
+    pub fn from_token(token: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(token);
+        Self(format!("token:{}", hex::encode(&digest[..12])))
+    }
+
+    /// A stable, non-secret name of the caller (safe to log and to compare).
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `Authorization: Bearer <token>` on every route but the probes, when tokens are set.
 pub async fn require_token(
     State(tokens): State<Arc<Tokens>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    if !tokens.enabled() || is_public(req.uri().path()) {
+    if !tokens.enabled() {
+        req.extensions_mut().insert(Caller::anonymous());
+        return next.run(req).await;
+    }
+    if is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let presented = req
@@ -160,7 +189,11 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if tokens.accepts(t.as_bytes()) => next.run(req).await,
+        Some(t) if tokens.accepts(t.as_bytes()) => {
+            let caller = Caller::from_token(t.as_bytes());
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         Some(_) => unauthorized(&req, "the bearer token is not valid"),
         None => unauthorized(&req, "an Authorization: Bearer token is required"),
     }
@@ -188,6 +221,15 @@ mod tests {
         assert!(!t.accepts(b"alphaa"));
         assert!(!t.accepts(b""));
         assert!(!Tokens::default().enabled());
+    }
+
+    #[test]
+    fn callers_are_told_apart_without_the_token() {
+        let a = Caller::from_token(b"alpha");
+        assert_eq!(a, Caller::from_token(b"alpha"));
+        assert_ne!(a, Caller::from_token(b"beta"));
+        assert_ne!(a, Caller::anonymous());
+        assert!(!a.id().contains("alpha"));
     }
 
     #[test]

@@ -198,6 +198,63 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_and_file_messages_round_trip() {
+        let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
+        let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
+        let file = crate::JobFile {
+            path: "out/a.bin".into(),
+            content: vec![0, 255, 10, 13],
+        };
+        for msg in [
+            HostMsg::Open(crate::SessionSpec {
+                memory_bytes: 256 << 20,
+                max_processes: 64,
+                workdir_bytes: 64 << 20,
+            }),
+            HostMsg::WriteFile(file.clone()),
+            HostMsg::ReadFile {
+                path: "a".into(),
+                max_bytes: 10,
+            },
+            HostMsg::ListDir { path: "".into() },
+            HostMsg::Collect(crate::CollectSpec {
+                patterns: vec!["**/*.png".into()],
+                max_files: 3,
+                max_bytes: 100,
+            }),
+        ] {
+            let mut buf = BytesMut::new();
+            host.encode(msg.clone(), &mut buf).unwrap();
+            assert_eq!(guest.decode(&mut buf).unwrap(), Some(msg));
+        }
+        for msg in [
+            GuestMsg::Done,
+            GuestMsg::FileData {
+                content: vec![1, 2, 3],
+            },
+            GuestMsg::Listing {
+                entries: vec![crate::DirEntry {
+                    name: "a".into(),
+                    kind: crate::EntryKind::Dir,
+                    size: 0,
+                }],
+            },
+            GuestMsg::Collected {
+                files: vec![file.clone()],
+                truncated: true,
+            },
+            GuestMsg::FileError {
+                kind: crate::FileErrorKind::InvalidPath,
+                message: "x".into(),
+            },
+        ] {
+            let mut buf = BytesMut::new();
+            guest.encode(msg.clone(), &mut buf).unwrap();
+            assert_eq!(host.decode(&mut buf).unwrap(), Some(msg));
+        }
+    }
+
+    #[test]
     fn partial_frame_waits_for_more() {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
@@ -215,7 +272,8 @@ mod tests {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         for (payload, got) in [
             (&br#"{"v":1,"msg":{"type":"run"}}"#[..], 1),
-            (br#"{"v":3,"msg":{"type":"run"}}"#, 3),
+            (br#"{"v":2,"msg":{"type":"run"}}"#, 2),
+            (br#"{"v":4,"msg":{"type":"run"}}"#, 4),
         ] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());

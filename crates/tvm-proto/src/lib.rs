@@ -16,6 +16,12 @@
 //! [`HostMsg::Resume`] (every clone: set the clock, add host entropy and reseed the
 //! kernel RNG, so no two clones share random state). Under vsock a restore resets
 //! the connection; the agent then accepts a new one and says `Ready` again.
+//!
+//! After the job (version 3) the agent keeps serving requests until the host
+//! destroys the VM: [`HostMsg::Collect`] (a one-shot's `files_out`), and for a
+//! sandbox [`HostMsg::Open`] followed by any number of `Run`, `WriteFile`,
+//! `ReadFile` and `ListDir`. Requests are strictly one at a time: the host sends
+//! the next only after the answer to the previous one has ended.
 
 mod codec;
 mod messages;
@@ -23,10 +29,10 @@ mod paths;
 
 pub use codec::{decode_payload, BlockingChannel, CodecError, FrameCodec, MAX_FRAME_BYTES};
 pub use messages::{
-    Envelope, ExitReport, GuestMsg, HostMsg, Job, JobFile, JobLimits, Outcome, Resume, Stream,
-    WarmUp, PROTOCOL_VERSION,
+    CollectSpec, DirEntry, EntryKind, Envelope, ExitReport, FileErrorKind, GuestMsg, HostMsg, Job,
+    JobFile, JobLimits, Outcome, Resume, SessionSpec, Stream, WarmUp, PROTOCOL_VERSION,
 };
-pub use paths::{check_relative_path, PathError};
+pub use paths::{check_relative_path, PathError, MAX_PATH_BYTES};
 
 /// Name of the virtio-serial port the agent opens under QEMU.
 pub const VIRTIO_PORT_NAME: &str = "tvm.agent";

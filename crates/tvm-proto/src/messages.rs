@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire format; a frame with any other version is rejected.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What travels in every frame: the version and one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +19,26 @@ pub struct Envelope<M> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMsg {
-    /// Run one job. The agent accepts exactly one per boot, and powers off after it.
+    /// Run one job; answered by `Output` frames and one `Exit` (or `Failed`). Outside a
+    /// session the job's cgroup is emptied when its program exits; in a session
+    /// (after `Open`) processes it left running in the background keep running.
     Run(Box<Job>),
+    /// Make this VM a sandbox: the work dir gets `workdir_bytes`, every later job
+    /// runs in a child cgroup of one sandbox cgroup with these limits. Answered by `Done`.
+    Open(SessionSpec),
+    /// Write one file under the work dir (parents made, owned by the job user).
+    /// Answered by `Done` or `FileError`.
+    WriteFile(JobFile),
+    /// Read one regular file under the work dir, refusing one over `max_bytes`.
+    /// Answered by `FileData` or `FileError`.
+    ReadFile { path: String, max_bytes: u64 },
+    /// List one directory under the work dir (`""` is the work dir itself).
+    /// Answered by `Listing` or `FileError`.
+    ListDir { path: String },
+    /// Collect the regular files whose work-dir-relative path matches any pattern
+    /// (glob syntax; `*` stays within one directory, `**` crosses them), up to
+    /// `max_files` and `max_bytes` in total. Answered by `Collected`.
+    Collect(CollectSpec),
     /// Before a snapshot: run these fixed commands (never user code) so the files the
     /// language runtimes start from are in the guest's page cache; answered by `Ready`.
     Warm(WarmUp),
@@ -49,6 +67,24 @@ pub struct Resume {
     pub entropy: Vec<u8>,
 }
 
+/// The limits of a whole sandbox (every job in it shares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    pub memory_bytes: u64,
+    pub max_processes: u32,
+    /// Size of the tmpfs work dir (and RLIMIT_FSIZE of each job).
+    pub workdir_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectSpec {
+    pub patterns: Vec<String>,
+    pub max_files: u32,
+    pub max_bytes: u64,
+}
+
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -65,6 +101,60 @@ pub enum GuestMsg {
     Exit(ExitReport),
     /// The job could not be started (bad path, missing interpreter, ...).
     Failed { message: String },
+    /// `Open` or `WriteFile` succeeded.
+    Done,
+    /// The bytes of a `ReadFile`.
+    FileData {
+        #[serde(with = "b64")]
+        content: Vec<u8>,
+    },
+    /// The entries of a `ListDir`, sorted by name.
+    Listing { entries: Vec<DirEntry> },
+    /// The files a `Collect` matched, sorted by path; `truncated` when a cap left some out.
+    Collected {
+        files: Vec<JobFile>,
+        truncated: bool,
+    },
+    /// A file operation was refused or failed; nothing was changed.
+    FileError {
+        kind: FileErrorKind,
+        message: String,
+    },
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    /// Bytes, for files (0 otherwise).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Why a file operation failed; the host maps each to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileErrorKind {
+    /// No such file or directory.
+    NotFound,
+    /// The path leaves the work dir (`..`, absolute, or a symlink pointing out).
+    InvalidPath,
+    /// A directory where a file was expected (or the reverse).
+    WrongType,
+    /// The file is larger than allowed, or the work dir is full.
+    TooLarge,
+    /// Any other failure.
+    Io,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,12 @@ struct Args {
     /// Accept unauthenticated requests on a non-loopback address.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// In a cluster: this pyrovm's address as its peers reach it (`[cluster] advertise_addr`).
+    #[arg(long, env = "TVM_ADVERTISE_ADDR")]
+    advertise_addr: Option<SocketAddr>,
+    /// In a cluster: the file with the route key all pyrovms share (`[cluster] route_key_file`).
+    #[arg(long, env = "TVM_ROUTE_KEY_FILE")]
+    route_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -82,6 +88,12 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         config.token_file = Some(f.clone());
     }
     config.insecure_no_auth |= args.insecure_no_auth;
+    if let Some(a) = args.advertise_addr {
+        config.cluster.advertise_addr = Some(a);
+    }
+    if let Some(f) = &args.route_key_file {
+        config.cluster.route_key_file = Some(f.clone());
+    }
     config.tokens = pyrovm::middleware::load_tokens(config.token_file.as_deref())?;
     config.check()?;
     Ok(config)

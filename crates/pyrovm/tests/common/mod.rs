@@ -29,8 +29,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        Self::start_with_addr(|c, _| tweak(c)).await
+    }
+
+    /// As [`TestServer::start`]; `tweak` also learns the address it will listen on.
+    pub async fn start_with_addr(
+        tweak: impl FnOnce(&mut Config, std::net::SocketAddr),
+    ) -> Option<Self> {
         let image = image_dir()?;
         let runtime_root = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
         let mut config = Config {
             image_dir: Some(image),
             runtime_dir: Some(runtime_root.path().to_path_buf()),
@@ -38,13 +49,10 @@ impl TestServer {
             pool: Vec::new(),
             ..Config::default()
         };
-        tweak(&mut config);
+        tweak(&mut config, addr);
         let service = Service::new(&config).expect("service starts");
         let runtime_dir = service.runtime_dir().to_path_buf();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let base = format!("http://{addr}");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(service.serve(listener, async {
             let _ = rx.await;

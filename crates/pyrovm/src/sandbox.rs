@@ -1,0 +1,799 @@
+//! Sandboxes: one microVM kept for a multi-step session, in memory only.
+//!
+//! The registry maps an id to a [`Sandbox`]: its owner (the caller that made it),
+//! its deadlines, and its VM behind an async mutex, so requests on one sandbox run
+//! one at a time, in arrival order; a request that cannot start within
+//! `busy_timeout` gets [`SandboxError::Busy`]. A background task ends sandboxes at
+//! their TTL, after their idle timeout, and when their VMM process has died.
+//! Ending one kills its VMM at once (even mid-exec) and then destroys the VM (dir,
+//! cgroup, sockets). Nothing is written to host disk: the files live in the guest.
+//! Handlers never see a VM: they call the methods here with a validated command.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tvm_api::{
+    ExecuteCommand, ExecuteResponse, FileEntry, FileListing, FileWritten, SandboxBounds,
+    SandboxCommand, SandboxInfo, SandboxLimits,
+};
+use tvm_http::middleware::Caller;
+use tvm_proto::{EntryKind, FileErrorKind, GuestMsg, HostMsg, JobFile, SessionSpec};
+use tvm_vmm::Vm;
+
+use crate::core::{kind, request, CoreError, Executor, JobContext, OutputChunk};
+
+/// Operator settings (`[sandbox]` in pyrovm.toml).
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub max_total: usize,
+    pub max_per_caller: usize,
+    pub max_file_bytes: u64,
+    pub busy_timeout: Duration,
+    pub bounds: SandboxBounds,
+    /// The work dir size the pool's VMs are made for; a larger `disk_mb` adds the
+    /// difference to the VM's memory (the work dir is a tmpfs in guest RAM).
+    pub base_workdir_mb: u64,
+    /// In a cluster, ids carry this pyrovm's address (see [`crate::cluster`]).
+    pub cluster: Option<crate::cluster::Cluster>,
+}
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deleted,
+    Ttl,
+    Idle,
+    VmDied,
+    Shutdown,
+}
+
+impl EndReason {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::Ttl => "ttl",
+            Self::Idle => "idle",
+            Self::VmDied => "vm_died",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Deleted => "it was deleted",
+            Self::Ttl => "its TTL ran out",
+            Self::Idle => "it was idle for longer than its idle timeout",
+            Self::VmDied => "its microVM stopped",
+            Self::Shutdown => "the service shut down",
+        }
+    }
+}
+
+/// Why a sandbox request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no sandbox {0} (it never existed, or belongs to another token)")]
+    NotFound(String),
+    #[error("sandbox {id} has ended: {}", reason.describe())]
+    Ended { id: String, reason: EndReason },
+    #[error("the {scope} limit of {max} sandboxes is reached; delete one first")]
+    TooMany { scope: &'static str, max: usize },
+    #[error("sandbox {id} is still busy with another request after {waited_ms} ms; retry when it finishes")]
+    Busy { id: String, waited_ms: u64 },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("{message}")]
+    File {
+        kind: FileErrorKind,
+        message: String,
+    },
+    #[error("the upload is {got} bytes; a sandbox file may be at most {max} bytes")]
+    UploadTooLarge { got: u64, max: u64 },
+    #[error("{0}")]
+    StartFailed(String),
+}
+
+/// How long a file request may take in the guest before the VM counts as lost.
+const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an ended sandbox is remembered (so its id answers 410, not 404).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+const MAX_TOMBSTONES: usize = 4096;
+/// How often deadlines and VM liveness are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// One live sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    owner: Caller,
+    created: SystemTime,
+    created_mono: Instant,
+    ttl: Duration,
+    idle: Duration,
+    limits: SandboxLimits,
+    env: BTreeMap<String, String>,
+    last_active: Mutex<(Instant, SystemTime)>,
+    execs: AtomicU64,
+    vm_start_ms: u64,
+    pid: Option<u32>,
+    ended: AtomicBool,
+    vm: Arc<tokio::sync::Mutex<Option<Vm>>>,
+}
+
+type VmGuard = tokio::sync::OwnedMutexGuard<Option<Vm>>;
+
+/// An exec that passed every check and holds its sandbox (and an execution slot).
+#[derive(Debug)]
+pub struct PreparedExec {
+    sb: Arc<Sandbox>,
+    guard: VmGuard,
+    admitted: crate::core::Admitted,
+    received: Instant,
+}
+
+impl Sandbox {
+    fn touch(&self) {
+        *lock(&self.last_active) = (Instant::now(), SystemTime::now());
+    }
+
+    fn idle_for(&self) -> Duration {
+        lock(&self.last_active).0.elapsed()
+    }
+
+    fn info(&self, backend: &str) -> SandboxInfo {
+        let last = lock(&self.last_active).1;
+        SandboxInfo {
+            id: self.id.clone(),
+            created_at: rfc3339(self.created),
+            expires_at: rfc3339(self.created + self.ttl),
+            last_active_at: rfc3339(last),
+            ttl_s: self.ttl.as_secs(),
+            idle_timeout_s: self.idle.as_secs(),
+            limits: self.limits,
+            env_keys: self.env.keys().cloned().collect(),
+            execs: self.execs.load(Ordering::Relaxed),
+            backend: backend.to_string(),
+            vm_start_ms: self.vm_start_ms,
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<String, Arc<Sandbox>>,
+    /// Creations under way, per caller (they count against the caps).
+    starting: HashMap<Caller, usize>,
+    ended: VecDeque<Tombstone>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Tombstone {
+    id: String,
+    owner: Caller,
+    reason: EndReason,
+    at: Instant,
+}
+
+impl Inner {
+    fn count(&self, caller: &Caller) -> (usize, usize) {
+        let starting_total: usize = self.starting.values().sum();
+        let mine = self.live.values().filter(|s| &s.owner == caller).count()
+            + self.starting.get(caller).copied().unwrap_or(0);
+        (self.live.len() + starting_total, mine)
+    }
+}
+
+/// The registry of live sandboxes of this node.
+#[derive(Debug)]
+pub struct Sandboxes {
+    inner: Mutex<Inner>,
+    settings: SandboxSettings,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Releases a creation's place in the caps when the creation ends either way.
+struct Reservation<'a> {
+    reg: &'a Sandboxes,
+    caller: Caller,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.reg.inner);
+        if let Some(n) = inner.starting.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                inner.starting.remove(&self.caller);
+            }
+        }
+    }
+}
+
+impl Sandboxes {
+    pub fn new(settings: SandboxSettings, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            settings,
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> &SandboxSettings {
+        &self.settings
+    }
+
+    /// Ends sandboxes at their TTL, idle timeout, or when their VMM died; runs until
+    /// the registry is dropped or closed.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(reg) = weak.upgrade() else { return };
+                if lock(&reg.inner).closed {
+                    return;
+                }
+                reg.sweep();
+            }
+        })
+    }
+
+    fn sweep(&self) {
+        let live: Vec<Arc<Sandbox>> = lock(&self.inner).live.values().cloned().collect();
+        for sb in live {
+            let reason = if sb.created_mono.elapsed() >= sb.ttl {
+                Some(EndReason::Ttl)
+            } else if sb.pid.is_some_and(|p| !process_alive(p)) {
+                Some(EndReason::VmDied)
+            } else if sb.idle_for() >= sb.idle && sb.vm.try_lock().is_ok() {
+                // Idle means no request is running either.
+                Some(EndReason::Idle)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                tracing::info!(sandbox = %sb.id, reason = reason.label(), "sandbox ended");
+                self.end(&sb, reason);
+            }
+        }
+    }
+
+    /// Creates a sandbox owned by `caller`: a VM from the pool (or a snapshot clone,
+    /// or a cold boot), made a sandbox by the agent.
+    pub async fn create(
+        &self,
+        executor: &Executor,
+        caller: &Caller,
+        cmd: SandboxCommand,
+    ) -> Result<SandboxInfo, SandboxError> {
+        let _reservation = self.reserve(caller)?;
+        let admitted = executor.admit()?;
+        let received = Instant::now();
+        let extra = cmd
+            .limits
+            .disk_mb
+            .saturating_sub(self.settings.base_workdir_mb);
+        let spec = executor.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb + extra);
+        let mut vm = executor.acquire_vm(&spec).await.map_err(|e| {
+            tracing::error!(error = %crate::core::error_chain(&e), "sandbox VM failed to start");
+            SandboxError::StartFailed(format!(
+                "{}: the microVM failed to start; retry",
+                executor.backend_name()
+            ))
+        })?;
+        let open = HostMsg::Open(SessionSpec {
+            memory_bytes: cmd.limits.memory_mb << 20,
+            max_processes: cmd.limits.max_processes,
+            workdir_bytes: cmd.limits.disk_mb << 20,
+        });
+        match tokio::time::timeout(FILE_OP_TIMEOUT, request(&mut vm, open)).await {
+            Ok(Ok(GuestMsg::Done)) => {}
+            other => {
+                tracing::warn!(?other, console = %vm.console_tail(400), "the agent did not open a sandbox");
+                vm.destroy().await;
+                return Err(SandboxError::StartFailed(
+                    "the guest agent could not set the sandbox up; retry".into(),
+                ));
+            }
+        }
+        drop(admitted);
+        let now = SystemTime::now();
+        let sb = Arc::new(Sandbox {
+            id: match &self.settings.cluster {
+                Some(c) => c.mint(&new_id()),
+                None => new_id(),
+            },
+            owner: caller.clone(),
+            created: now,
+            created_mono: Instant::now(),
+            ttl: Duration::from_secs(cmd.ttl_s),
+            idle: Duration::from_secs(cmd.idle_timeout_s),
+            limits: cmd.limits,
+            env: cmd.env,
+            last_active: Mutex::new((Instant::now(), now)),
+            execs: AtomicU64::new(0),
+            vm_start_ms: received.elapsed().as_millis() as u64,
+            pid: vm.pid(),
+            ended: AtomicBool::new(false),
+            vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+        });
+        let inserted = {
+            let mut inner = lock(&self.inner);
+            if !inner.closed {
+                inner.live.insert(sb.id.clone(), sb.clone());
+            }
+            !inner.closed
+        };
+        if !inserted {
+            if let Some(vm) = sb.vm.lock().await.take() {
+                vm.destroy().await;
+            }
+            return Err(CoreError::ShuttingDown.into());
+        }
+        executor.metrics.sandbox_started();
+        tracing::info!(sandbox = %sb.id, caller = caller.id(), vm_start_ms = sb.vm_start_ms, "sandbox created");
+        Ok(sb.info(executor.backend_name()))
+    }
+
+    fn reserve(&self, caller: &Caller) -> Result<Reservation<'_>, SandboxError> {
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Err(CoreError::ShuttingDown.into());
+        }
+        let (total, mine) = inner.count(caller);
+        if total >= self.settings.max_total {
+            return Err(SandboxError::TooMany {
+                scope: "node's",
+                max: self.settings.max_total,
+            });
+        }
+        if mine >= self.settings.max_per_caller {
+            return Err(SandboxError::TooMany {
+                scope: "per-token",
+                max: self.settings.max_per_caller,
+            });
+        }
+        *inner.starting.entry(caller.clone()).or_insert(0) += 1;
+        Ok(Reservation {
+            reg: self,
+            caller: caller.clone(),
+        })
+    }
+
+    /// The caller's live sandbox, or why there is none (another caller's is NotFound).
+    fn get(&self, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+        let inner = lock(&self.inner);
+        if let Some(sb) = inner.live.get(id).filter(|s| &s.owner == caller) {
+            return Ok(sb.clone());
+        }
+        match inner
+            .ended
+            .iter()
+            .find(|t| t.id == id && &t.owner == caller && t.at.elapsed() < TOMBSTONE_TTL)
+        {
+            Some(t) => Err(SandboxError::Ended {
+                id: id.to_string(),
+                reason: t.reason,
+            }),
+            None => Err(SandboxError::NotFound(id.to_string())),
+        }
+    }
+
+    pub fn info(
+        &self,
+        executor: &Executor,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<SandboxInfo, SandboxError> {
+        Ok(self.get(caller, id)?.info(executor.backend_name()))
+    }
+
+    /// The caller's live sandboxes, oldest first.
+    pub fn list(&self, executor: &Executor, caller: &Caller) -> Vec<SandboxInfo> {
+        let mut mine: Vec<Arc<Sandbox>> = lock(&self.inner)
+            .live
+            .values()
+            .filter(|s| &s.owner == caller)
+            .cloned()
+            .collect();
+        mine.sort_by_key(|s| s.created_mono);
+        mine.iter()
+            .map(|s| s.info(executor.backend_name()))
+            .collect()
+    }
+
+    /// Ends the caller's sandbox and waits until its VM is gone.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), SandboxError> {
+        let sb = self.get(caller, id)?;
+        if let Some(done) = self.end(&sb, EndReason::Deleted) {
+            let _ = done.await;
+        }
+        Ok(())
+    }
+
+    /// Marks the sandbox ended, kills its VMM at once, and destroys the VM (as soon
+    /// as a running request lets go of it). `None` if it had already ended.
+    fn end(&self, sb: &Arc<Sandbox>, reason: EndReason) -> Option<tokio::task::JoinHandle<()>> {
+        if sb.ended.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner.live.remove(&sb.id);
+            if reason != EndReason::Deleted {
+                if inner.ended.len() >= MAX_TOMBSTONES {
+                    inner.ended.pop_front();
+                }
+                inner.ended.push_back(Tombstone {
+                    id: sb.id.clone(),
+                    owner: sb.owner.clone(),
+                    reason,
+                    at: Instant::now(),
+                });
+            }
+        }
+        self.metrics.sandbox_ended(reason.label());
+        if let Some(pid) = sb.pid {
+            // The VMM is our child and is not reaped before `destroy`, so the pid
+            // cannot have been reused. A running exec sees its channel break.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let sb = sb.clone();
+        Some(tokio::spawn(async move {
+            if let Some(vm) = sb.vm.lock().await.take() {
+                vm.destroy().await;
+            }
+        }))
+    }
+
+    /// Stops creations and ends every sandbox; returns when their VMs are gone.
+    pub async fn close_all(&self) {
+        let live: Vec<Arc<Sandbox>> = {
+            let mut inner = lock(&self.inner);
+            inner.closed = true;
+            inner.live.values().cloned().collect()
+        };
+        let mut waits = Vec::new();
+        for sb in &live {
+            waits.extend(self.end(sb, EndReason::Shutdown));
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+
+    /// Stops creations (shutdown has begun); live sandboxes keep serving until
+    /// [`Sandboxes::close_all`].
+    pub fn stop_creating(&self) {
+        lock(&self.inner).closed = true;
+    }
+
+    /// Waits (bounded by `busy_timeout`) for the sandbox to be free, then holds it.
+    async fn hold_owned(&self, sb: &Sandbox) -> Result<VmGuard, SandboxError> {
+        let guard = tokio::time::timeout(self.settings.busy_timeout, sb.vm.clone().lock_owned())
+            .await
+            .map_err(|_| SandboxError::Busy {
+                id: sb.id.clone(),
+                waited_ms: self.settings.busy_timeout.as_millis() as u64,
+            })?;
+        if guard.is_none() || sb.ended.load(Ordering::Acquire) {
+            return Err(self.ended_error(sb));
+        }
+        sb.touch();
+        Ok(guard)
+    }
+
+    fn ended_error(&self, sb: &Sandbox) -> SandboxError {
+        let inner = lock(&self.inner);
+        match inner.ended.iter().rev().find(|t| t.id == sb.id) {
+            Some(t) => SandboxError::Ended {
+                id: sb.id.clone(),
+                reason: t.reason,
+            },
+            None => SandboxError::NotFound(sb.id.clone()),
+        }
+    }
+
+    /// Everything of an exec that can be refused (no such sandbox, busy, at
+    /// capacity, a file that cannot be written), done before it runs, so that the
+    /// streaming endpoint can still answer those with a plain error.
+    pub async fn prepare_exec(
+        &self,
+        executor: &Executor,
+        caller: &Caller,
+        id: &str,
+        cmd: &ExecuteCommand,
+    ) -> Result<PreparedExec, SandboxError> {
+        let received = Instant::now();
+        let sb = self.get(caller, id)?;
+        let mut guard = self.hold_owned(&sb).await?;
+        let admitted = executor.admit()?;
+        let vm = guard.as_mut().ok_or_else(|| self.ended_error(&sb))?;
+        for f in &cmd.files {
+            match self
+                .file_request(&sb, vm, HostMsg::WriteFile(f.clone()))
+                .await?
+            {
+                GuestMsg::Done => {}
+                other => return Err(unexpected(&sb, &other)),
+            }
+        }
+        Ok(PreparedExec {
+            sb,
+            guard,
+            admitted,
+            received,
+        })
+    }
+
+    /// Runs a prepared exec. `live` streams its output; a client that goes away
+    /// does not end the sandbox (the exec runs on to its own end, output dropped).
+    pub async fn run_exec(
+        &self,
+        executor: &Executor,
+        prepared: PreparedExec,
+        cmd: ExecuteCommand,
+        live: Option<mpsc::Sender<OutputChunk>>,
+    ) -> ExecuteResponse {
+        let PreparedExec {
+            sb,
+            mut guard,
+            admitted,
+            received,
+        } = prepared;
+        let _inflight = executor.metrics.inflight_guard();
+        // The code goes to a hidden name in the work dir (so the language's module
+        // resolution still sees the work dir) that never clobbers a user's file;
+        // the agent removes it after the exec.
+        let code_file = format!(".tvm-exec-{}", cmd.language.file_name);
+        let mut job = executor.job_with_code_file(&cmd, &code_file);
+        job.files.clear();
+        let mut env = sb.env.clone();
+        env.extend(cmd.env.clone());
+        job.env = env;
+        let ctx = JobContext {
+            id: ulid::Ulid::new().to_string(),
+            received,
+            queued_ms: received.elapsed().as_millis() as u64,
+            vm_start_ms: 0,
+            detach_on_cancel: true,
+        };
+        let (resp, usable) = match guard.as_mut() {
+            Some(vm) => executor.run_job(vm, job, &cmd, live, ctx).await,
+            None => (
+                executor.sandbox_error(ctx.id, "the sandbox has ended", received, 0, 0),
+                false,
+            ),
+        };
+        sb.execs.fetch_add(1, Ordering::Relaxed);
+        sb.touch();
+        executor.metrics.finished(&resp);
+        executor.metrics.sandbox_exec();
+        drop(admitted);
+        drop(guard);
+        if !usable {
+            self.end(&sb, EndReason::VmDied);
+        }
+        resp
+    }
+
+    /// [`Sandboxes::prepare_exec`] then [`Sandboxes::run_exec`], collecting the output.
+    pub async fn execute(
+        &self,
+        executor: &Executor,
+        caller: &Caller,
+        id: &str,
+        cmd: ExecuteCommand,
+    ) -> Result<ExecuteResponse, SandboxError> {
+        let prepared = self.prepare_exec(executor, caller, id, &cmd).await?;
+        Ok(self.run_exec(executor, prepared, cmd, None).await)
+    }
+
+    /// Sends a file request; a broken channel or a silent agent ends the sandbox.
+    async fn file_request(
+        &self,
+        sb: &Arc<Sandbox>,
+        vm: &mut Vm,
+        msg: HostMsg,
+    ) -> Result<GuestMsg, SandboxError> {
+        match tokio::time::timeout(FILE_OP_TIMEOUT, request(vm, msg)).await {
+            Ok(Ok(GuestMsg::FileError { kind, message })) => {
+                Err(SandboxError::File { kind, message })
+            }
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(why)) => {
+                tracing::warn!(sandbox = %sb.id, %why, "sandbox VM lost during a file request");
+                self.end(sb, EndReason::VmDied);
+                Err(SandboxError::Ended {
+                    id: sb.id.clone(),
+                    reason: EndReason::VmDied,
+                })
+            }
+            Err(_) => {
+                tracing::warn!(sandbox = %sb.id, "sandbox agent did not answer a file request");
+                self.end(sb, EndReason::VmDied);
+                Err(SandboxError::Ended {
+                    id: sb.id.clone(),
+                    reason: EndReason::VmDied,
+                })
+            }
+        }
+    }
+
+    /// One file operation on the caller's sandbox, with its own hold.
+    async fn file_op(
+        &self,
+        caller: &Caller,
+        id: &str,
+        msg: HostMsg,
+    ) -> Result<GuestMsg, SandboxError> {
+        let sb = self.get(caller, id)?;
+        let mut guard = self.hold_owned(&sb).await?;
+        let vm = guard.as_mut().ok_or_else(|| self.ended_error(&sb))?;
+        let r = self.file_request(&sb, vm, msg).await;
+        sb.touch();
+        r
+    }
+
+    /// Writes `content` to `path` (relative to the work dir) in the caller's sandbox.
+    pub async fn write_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+        content: Vec<u8>,
+    ) -> Result<FileWritten, SandboxError> {
+        check_path(&path)?;
+        let size = content.len() as u64;
+        if size > self.settings.max_file_bytes {
+            // Still a 404 for someone else's (or no) sandbox.
+            self.get(caller, id)?;
+            return Err(SandboxError::UploadTooLarge {
+                got: size,
+                max: self.settings.max_file_bytes,
+            });
+        }
+        let msg = HostMsg::WriteFile(JobFile {
+            path: path.clone(),
+            content,
+        });
+        match self.file_op(caller, id, msg).await? {
+            GuestMsg::Done => Ok(FileWritten { path, size }),
+            other => Err(unexpected_msg(&other)),
+        }
+    }
+
+    /// The bytes of one file of the caller's sandbox.
+    pub async fn read_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, SandboxError> {
+        check_path(path)?;
+        let msg = HostMsg::ReadFile {
+            path: path.to_string(),
+            max_bytes: self.settings.max_file_bytes,
+        };
+        match self.file_op(caller, id, msg).await? {
+            GuestMsg::FileData { content } => Ok(content),
+            other => Err(unexpected_msg(&other)),
+        }
+    }
+
+    /// One directory of the caller's sandbox (`""`: the work dir).
+    pub async fn list_dir(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+    ) -> Result<FileListing, SandboxError> {
+        if !path.is_empty() {
+            check_path(path)?;
+        }
+        let msg = HostMsg::ListDir {
+            path: path.to_string(),
+        };
+        match self.file_op(caller, id, msg).await? {
+            GuestMsg::Listing { entries } => Ok(FileListing {
+                path: path.to_string(),
+                entries: entries
+                    .into_iter()
+                    .map(|e| FileEntry {
+                        name: e.name,
+                        kind: match e.kind {
+                            EntryKind::File => "file",
+                            EntryKind::Dir => "dir",
+                            EntryKind::Symlink => "symlink",
+                            EntryKind::Other => "other",
+                        }
+                        .into(),
+                        size: e.size,
+                    })
+                    .collect(),
+            }),
+            other => Err(unexpected_msg(&other)),
+        }
+    }
+}
+
+fn check_path(path: &str) -> Result<(), SandboxError> {
+    tvm_proto::check_relative_path(path).map_err(|e| SandboxError::File {
+        kind: FileErrorKind::InvalidPath,
+        message: format!("path {path:?}: {e}"),
+    })
+}
+
+fn unexpected(sb: &Sandbox, m: &GuestMsg) -> SandboxError {
+    tracing::warn!(sandbox = %sb.id, got = kind(m), "unexpected agent answer");
+    unexpected_msg(m)
+}
+
+fn unexpected_msg(m: &GuestMsg) -> SandboxError {
+    SandboxError::StartFailed(format!("the guest agent answered {} unexpectedly", kind(m)))
+}
+
+/// A sandbox id: `sb-` and a ULID (sortable by creation, 128 bits, unguessable
+/// enough that ownership, not secrecy, is what protects it).
+fn new_id() -> String {
+    format!("sb-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// Whether a (child) process is still running: gone or a zombie means dead.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_and_distinct() {
+        let a = new_id();
+        let b = new_id();
+        assert!(a.starts_with("sb-") && a.len() == 29, "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn liveness_of_processes() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn end_reasons_read_well() {
+        let e = SandboxError::Ended {
+            id: "sb-x".into(),
+            reason: EndReason::VmDied,
+        };
+        assert_eq!(e.to_string(), "sandbox sb-x has ended: its microVM stopped");
+        assert_eq!(EndReason::Idle.label(), "idle");
+    }
+}
