@@ -11,14 +11,23 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `Ok(Ok(resp))` on 200, `Ok(Err(..))` for an API error answer, `Err` if unreachable.
-pub fn execute(
-    server: &str,
-    req: &ExecuteRequest,
-) -> anyhow::Result<Result<ExecuteResponse, (reqwest::StatusCode, ErrorBody)>> {
-    let url = format!("{}/v1/execute", server.trim_end_matches('/'));
+/// An API error answer: its status and `{"error": …}` body.
+pub type Refusal = (reqwest::StatusCode, ErrorBody);
+
+/// `Ok(Ok(..))` on success, `Ok(Err(..))` for an API error answer, `Err` if the
+/// server could not be reached or answered something unexpected.
+pub type ApiResult<T> = anyhow::Result<Result<T, Refusal>>;
+
+/// The URL of `path` (which starts with `/`) on `server`.
+fn url(server: &str, path: &str) -> String {
+    format!("{}{path}", server.trim_end_matches('/'))
+}
+
+/// Runs code: `path` is `/v1/execute` or a sandbox's `/execute`.
+pub fn execute(server: &str, path: &str, req: &ExecuteRequest) -> ApiResult<ExecuteResponse> {
+    let url = url(server, path);
     rt()?.block_on(async {
-        let resp = post(&url, req).await?;
+        let resp = send(with_auth(reqwest::Client::new().post(&url)).json(req), &url).await?;
         let status = resp.status();
         let body = resp.bytes().await.context("reading the response")?;
         if status.is_success() {
@@ -31,8 +40,39 @@ pub fn execute(
     })
 }
 
+/// A request body: JSON, or raw bytes.
+#[derive(Debug)]
+pub enum Body {
+    Empty,
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+/// One request to the API; the answer's bytes on success.
+pub fn call(server: &str, method: reqwest::Method, path: &str, body: Body) -> ApiResult<Vec<u8>> {
+    let url = url(server, path);
+    rt()?.block_on(async {
+        let req = with_auth(reqwest::Client::new().request(method, &url));
+        let req = match body {
+            Body::Empty => req,
+            Body::Json(v) => req.json(&v),
+            Body::Bytes(b) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b),
+        };
+        let resp = send(req, &url).await?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the response")?;
+        if status.is_success() {
+            Ok(Ok(body.to_vec()))
+        } else {
+            Ok(Err((status, api_error(status, &body)?)))
+        }
+    })
+}
+
 pub fn languages(server: &str) -> anyhow::Result<Vec<LanguageInfo>> {
-    let url = format!("{}/v1/languages", server.trim_end_matches('/'));
+    let url = url(server, "/v1/languages");
     rt()?.block_on(async {
         let resp = reqwest::get(&url)
             .await
@@ -52,17 +92,20 @@ pub struct SseEvent {
 }
 
 /// Incremental SSE parser: feed bytes, take complete events (comments skipped).
+/// Bytes are kept until an event is complete, so a character split across
+/// chunks stays whole.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl SseParser {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.buf.find("\n\n") {
-            let block: String = self.buf.drain(..end + 2).collect();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&raw);
             let mut name = None;
             let mut data: Vec<&str> = Vec::new();
             for line in block.lines() {
@@ -84,15 +127,17 @@ impl SseParser {
 }
 
 /// Streams an execution: `on_output(is_stderr, text)` for each chunk; returns the exit event.
+/// `path` is `/v1/execute/stream` or a sandbox's `/execute/stream`.
 pub fn execute_stream(
     server: &str,
+    path: &str,
     req: &ExecuteRequest,
     on_output: &mut dyn FnMut(bool, &str),
-) -> anyhow::Result<Result<StreamExit, (reqwest::StatusCode, ErrorBody)>> {
+) -> ApiResult<StreamExit> {
     use futures_util::StreamExt;
-    let url = format!("{}/v1/execute/stream", server.trim_end_matches('/'));
+    let url = url(server, path);
     rt()?.block_on(async {
-        let resp = post(&url, req).await?;
+        let resp = send(with_auth(reqwest::Client::new().post(&url)).json(req), &url).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.context("reading the response")?;
@@ -119,15 +164,11 @@ pub fn execute_stream(
     })
 }
 
-/// POSTs a request as JSON; a connection failure says how to start a server.
-async fn post(url: &str, req: &ExecuteRequest) -> anyhow::Result<reqwest::Response> {
-    with_auth(reqwest::Client::new().post(url))
-        .json(req)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach {url} (is the server running? `make run` starts one)")
-        })
+/// Sends a request; a connection failure says how to start a server.
+async fn send(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<reqwest::Response> {
+    req.send().await.with_context(|| {
+        format!("cannot reach {url} (is the server running? `make run` starts one)")
+    })
 }
 
 /// The `{"error": …}` body of a refusal, or the raw answer if it is not one.
@@ -170,5 +211,15 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn keeps_a_character_split_across_chunks() {
+        let mut p = SseParser::default();
+        let text = "event: stdout\ndata: h\u{e9}llo \u{1f600}\n\n".as_bytes();
+        let cut = text.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        assert!(p.feed(&text[..cut]).is_empty());
+        let evs = p.feed(&text[cut..]);
+        assert_eq!(evs[0].data, "h\u{e9}llo \u{1f600}");
     }
 }

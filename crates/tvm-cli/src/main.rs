@@ -1,16 +1,18 @@
-//! `tvm`: a thin client and tool binary. Exit codes: `run`/`exec` mirror the
-//! program (see `exit_code_for`); otherwise 0 ok, 1 runtime failure, 2 usage error.
+//! `tvm`: a thin client and tool binary. Exit codes: `run`/`exec`/`sandbox exec`
+//! mirror the program (see `exec::exit_code_for`); otherwise 0 ok, 1 runtime
+//! failure, 2 usage error or a request the server refused.
 
 mod client;
 mod doctor;
+mod exec;
+mod sandbox;
 
-use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use tvm_api::{ExecuteRequest, LanguageTable, RequestLimits};
+use tvm_api::{ExecuteRequest, RequestLimits};
 
 #[derive(Debug, Parser)]
 #[command(name = "tvm", version, about = "Run untrusted code in fresh microVMs")]
@@ -53,6 +55,20 @@ enum Cmd {
     },
     /// List the server's languages.
     Languages,
+    /// Sandboxes: one microVM kept for several execs and file copies
+    ///
+    /// For example:
+    ///
+    ///     SB=$(tvm sandbox create --ttl 30m)
+    ///     tvm sandbox cp data.csv $SB:
+    ///     tvm sandbox exec $SB -l python -c 'print(len(open("data.csv").read()))'
+    ///     tvm sandbox cp $SB:out.png .
+    ///     tvm sandbox rm $SB
+    #[command(verbatim_doc_comment)]
+    Sandbox {
+        #[command(subcommand)]
+        cmd: sandbox::SandboxCmd,
+    },
     /// Say which backend and accelerator this host would use, and why.
     Doctor,
     /// Guest image commands.
@@ -136,24 +152,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let code = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let language = match language {
-                Some(l) => l,
-                None => {
-                    let ext = file
-                        .extension()
-                        .and_then(|e| e.to_str())
-                        .unwrap_or_default();
-                    match LanguageTable::builtin().by_extension(ext) {
-                        Some(l) => l.name.clone(),
-                        None => {
-                            eprintln!(
-                                "tvm: cannot tell the language of {} from its extension; pass -l",
-                                file.display()
-                            );
-                            return Ok(ExitCode::from(2));
-                        }
-                    }
-                }
+            let Some(language) = language.or_else(|| exec::language_of(&file)) else {
+                eprintln!(
+                    "tvm: cannot tell the language of {} from its extension; pass -l",
+                    file.display()
+                );
+                return Ok(ExitCode::from(2));
             };
             execute(&cli.server, language, code, limits, args)
         }
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Sandbox { cmd } => sandbox::run(&cli.server, cmd),
         Cmd::Doctor => Ok(doctor::run()),
         Cmd::Image {
             cmd:
@@ -219,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `tvm run` and `tvm exec`: one fresh VM through `/v1/execute`.
 fn execute(
     server: &str,
     language: String,
@@ -226,123 +232,14 @@ fn execute(
     limits: LimitArgs,
     args: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let stdin = if std::io::stdin().is_terminal() {
-        None
-    } else {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read stdin")?;
-        Some(s)
-    };
     let stream = !limits.no_stream;
     let req = ExecuteRequest {
         language,
         code,
-        stdin,
+        stdin: exec::piped_stdin()?,
         args,
         limits: limits.into(),
         ..Default::default()
     };
-    if stream {
-        use std::io::Write;
-        let exit = client::execute_stream(server, &req, &mut |is_err, text| {
-            if is_err {
-                let _ = std::io::stderr().write_all(text.as_bytes());
-            } else {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
-        })?;
-        return match exit {
-            Ok(exit) => {
-                let (code, note) = exit_code_for(
-                    exit.status,
-                    exit.exit_code,
-                    exit.signal.as_deref(),
-                    exit.timings_ms.exec,
-                    exit.error.as_deref(),
-                );
-                if let Some(note) = note {
-                    eprintln!("tvm: {note}");
-                }
-                Ok(ExitCode::from(code))
-            }
-            Err((status, err)) => Ok(refused(status, &err)),
-        };
-    }
-    let resp = match client::execute(server, &req)? {
-        Ok(r) => r,
-        Err((status, err)) => return Ok(refused(status, &err)),
-    };
-    print!("{}", resp.stdout);
-    eprint!("{}", resp.stderr);
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let (code, note) = exit_code_for(
-        resp.status,
-        resp.exit_code,
-        resp.signal.as_deref(),
-        resp.timings_ms.exec,
-        resp.error.as_deref(),
-    );
-    if let Some(note) = note {
-        eprintln!("tvm: {note}");
-    }
-    Ok(ExitCode::from(code))
-}
-
-/// Says why the server refused; 2 for a client error (usage), 1 otherwise.
-fn refused(status: reqwest::StatusCode, err: &tvm_api::ErrorBody) -> ExitCode {
-    eprintln!(
-        "tvm: server refused the request ({status}): {} ({})",
-        err.error.message, err.error.code
-    );
-    ExitCode::from(if status.is_client_error() { 2 } else { 1 })
-}
-
-/// The program's exit code when it exited; 128+N for signal N; 124 timeout (as
-/// `timeout(1)`), 137 memory limit (a SIGKILL), 1 output limit or sandbox error.
-fn exit_code_for(
-    status: tvm_api::ExecutionStatus,
-    exit_code: Option<i32>,
-    signal: Option<&str>,
-    exec_ms: u64,
-    error: Option<&str>,
-) -> (u8, Option<String>) {
-    use tvm_api::ExecutionStatus as S;
-    let sig = |name: Option<&str>| -> u8 {
-        let n = match name {
-            Some("SIGKILL") => 9,
-            Some("SIGTERM") => 15,
-            Some("SIGSEGV") => 11,
-            Some("SIGABRT") => 6,
-            Some("SIGINT") => 2,
-            _ => 1,
-        };
-        128 + n
-    };
-    match status {
-        S::Completed => match (exit_code, signal) {
-            (Some(c), _) => ((c & 0xff) as u8, None),
-            (None, s) => (
-                sig(s),
-                Some(format!("program killed by {}", s.unwrap_or("a signal"))),
-            ),
-        },
-        S::Timeout => (124, Some(format!("time limit reached after {exec_ms} ms"))),
-        S::MemoryLimit => (
-            137,
-            Some("memory limit reached; the program was killed".into()),
-        ),
-        S::OutputLimit => (
-            1,
-            Some("output limit reached; output truncated and the program killed".into()),
-        ),
-        S::SandboxError => (
-            1,
-            Some(format!("sandbox error: {}", error.unwrap_or("unknown"))),
-        ),
-    }
+    exec::execute(server, "/v1/execute", &req, stream)
 }
