@@ -17,7 +17,7 @@ pub const DEFAULT_ISTIO_VERSION: &str = "1.30.3";
 pub const DEFAULT_INGRESS_PORT: u16 = 18080;
 
 /// Smallest VM that holds k3s, istiod, the gateway and the `tcg` overlay's pyrovm
-/// (2.5 CPUs and 2176 MiB requested by pyrovm, 0.5 CPU and 2 GiB by istiod).
+/// (2.5 CPUs and 2944 MiB requested by pyrovm, 0.5 CPU and 2 GiB by istiod).
 pub const MIN_CPUS: u32 = 2;
 /// See [`MIN_CPUS`].
 pub const MIN_MEMORY_GIB: u32 = 6;

@@ -43,6 +43,7 @@ fn render(overlay: Overlay) -> Option<Vec<Value>> {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("kustomization.yaml"), kustomization(overlay)).unwrap();
     std::fs::write(dir.join("tokens"), "secret-token\n").unwrap();
+    std::fs::write(dir.join("route-key"), "0123456789abcdef0123456789abcdef\n").unwrap();
     let out = Command::new(kubectl)
         .arg("kustomize")
         .arg(&dir)
@@ -76,6 +77,8 @@ fn check_common(objects: &[Value]) {
     let secret = find(objects, "Secret", "pyrovm-tokens");
     assert_eq!(secret["metadata"]["namespace"], "tvm");
     assert!(secret["data"]["tokens"].is_string(), "{secret}");
+    let key = find(objects, "Secret", "pyrovm-route-key");
+    assert!(key["data"]["route-key"].is_string(), "{key}");
     let ds = find(objects, "DaemonSet", "pyrovm");
     let volumes = ds["spec"]["template"]["spec"]["volumes"]
         .as_array()

@@ -113,6 +113,8 @@ fn memory_needed(config: &pyrovm::Config, tcg: bool, firecracker_staging_mb: u64
     };
     let largest_vm = config.limits.memory_mb.max + config.guest_overhead_mb + vmm;
     let running = config.max_concurrency as u64 * largest_vm;
+    // A live sandbox keeps its VM (and may have touched all of its memory).
+    let sandboxes = config.sandbox.max_total as u64 * largest_vm;
     let idle: u64 = config
         .pool
         .iter()
@@ -127,7 +129,7 @@ fn memory_needed(config: &pyrovm::Config, tcg: bool, firecracker_staging_mb: u64
     } else {
         0
     };
-    running + idle + snapshots + firecracker_staging_mb + PYROVM_MB
+    running + sandboxes + idle + snapshots + firecracker_staging_mb + PYROVM_MB
 }
 
 /// The guest image's size, which a Firecracker instance copies onto its tmpfs.
@@ -269,8 +271,12 @@ fn shutdown_outlasts_pyrovms_drain() {
                 .as_u64()
                 .unwrap_or(30);
             let vs = one(objs, "VirtualService", "pyrovm");
-            let route_ms =
-                common::duration_ms(vs["spec"]["http"][0]["timeout"].as_str().unwrap()).unwrap();
+            let route_ms = vs["spec"]["http"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| common::duration_ms(r["timeout"].as_str()?))
+                .fold(0.0, f64::max);
             assert!(
                 gw_grace as f64 * 1000.0 > route_ms,
                 "{overlay}: the gateway must drain as long as a request may take"

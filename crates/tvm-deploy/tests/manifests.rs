@@ -266,6 +266,16 @@ fn authorization_admits_only_the_gateways_service_account() {
         );
         let principal = format!("cluster.local/ns/{gw_ns}/sa/{gw_sa}");
         let ds = one(objs, "DaemonSet", "pyrovm");
+        // pyrovm pods themselves, forwarding a sandbox's requests to its owner: on
+        // the sandbox routes only.
+        let peer = format!(
+            "cluster.local/ns/{}/sa/{}",
+            namespace(ds),
+            ds["spec"]["template"]["spec"]["serviceAccountName"]
+                .as_str()
+                .expect("service account")
+        );
+        let mut peers_admitted = false;
         let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
         let policies = all(objs, "AuthorizationPolicy");
         let selects_pyrovm = |p: &Value| {
@@ -290,7 +300,26 @@ fn authorization_admits_only_the_gateways_service_account() {
                         ["principals"],
                         "{overlay}: sources are identified by principal only"
                     );
-                    assert_eq!(src["principals"], json!([principal]), "{overlay}");
+                    let from_peer = src["principals"] == json!([peer]);
+                    assert!(
+                        src["principals"] == json!([principal]) || from_peer,
+                        "{overlay}: {} admits {}",
+                        describe(p),
+                        src["principals"]
+                    );
+                    if from_peer {
+                        peers_admitted = true;
+                        for t in r["to"].as_array().expect("to") {
+                            for path in t["operation"]["paths"].as_array().expect("paths") {
+                                let path = path.as_str().unwrap_or("");
+                                assert!(
+                                    path.starts_with("/v1/sandboxes/")
+                                        || path.starts_with("/tvm.v1.Sandboxes/"),
+                                    "{overlay}: peers may reach {path}"
+                                );
+                            }
+                        }
+                    }
                 }
                 for t in r["to"].as_array().expect("every rule names what it allows") {
                     assert_eq!(t["operation"]["ports"], json!(["8080"]), "{overlay}");
@@ -299,6 +328,10 @@ fn authorization_admits_only_the_gateways_service_account() {
             }
         }
         assert!(allowing >= 1, "{overlay}: no policy admits the gateway");
+        assert!(
+            peers_admitted,
+            "{overlay}: sandbox forwarding between pods is denied"
+        );
         let deny_by_default = policies
             .iter()
             .any(|p| namespace(p) == namespace(ds) && p["spec"] == json!({}));
@@ -332,15 +365,31 @@ fn networkpolicy_denies_egress_and_admits_only_the_gateway() {
             "{overlay}"
         );
         let egress = np["spec"]["egress"].as_array().cloned().unwrap_or_default();
+        // Another pyrovm pod, on the API port (sandbox forwarding): same namespace, the
+        // DaemonSet's pods.
+        let pyrovm_pods = |peer: &Value| {
+            peer["namespaceSelector"].is_null()
+                && peer["ipBlock"].is_null()
+                && peer["podSelector"]["matchLabels"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &pod_labels[k] == v))
+        };
+        let to_peers = |rule: &Value| {
+            rule["to"]
+                .as_array()
+                .is_some_and(|to| !to.is_empty() && to.iter().all(pyrovm_pods))
+                && rule["ports"] == json!([{"protocol": "TCP", "port": 8080}])
+        };
         if !with_mesh(overlay) {
             assert!(
-                egress.is_empty(),
-                "{overlay}: pyrovm needs no egress at all"
+                egress.iter().all(to_peers),
+                "{overlay}: pyrovm's only egress is to its peers: {egress:?}"
             );
             return;
         }
-        // With a sidecar: only its control plane (istiod 15012, DNS 53), nothing else.
-        for rule in &egress {
+        assert!(egress.iter().any(to_peers), "{overlay}: egress to peers");
+        // With a sidecar: only its control plane (istiod 15012, DNS 53) and the peers.
+        for rule in egress.iter().filter(|r| !to_peers(r)) {
             let to = rule["to"]
                 .as_array()
                 .expect("egress rules name their peers");
@@ -369,7 +418,12 @@ fn networkpolicy_denies_egress_and_admits_only_the_gateway() {
         let ingress = np["spec"]["ingress"].as_array().expect("ingress rules");
         assert!(!ingress.is_empty());
         for rule in ingress {
-            for peer in rule["from"].as_array().expect("ingress names its peers") {
+            let from = rule["from"].as_array().expect("ingress names its peers");
+            if !from.is_empty() && from.iter().all(pyrovm_pods) {
+                assert_eq!(rule["ports"], json!([{"protocol": "TCP", "port": 8080}]));
+                continue;
+            }
+            for peer in from {
                 assert_eq!(
                     peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
                     gw_ns.as_str(),
@@ -474,6 +528,10 @@ fn virtualservice_routes_real_apis_with_timeouts_above_the_longest_execution() {
         let longest_ms = config.limits.timeout_ms.max
             + 2 * config.boot_timeout_ms
             + config.host_deadline_slack_ms;
+        // A sandbox request may first wait for its busy sandbox.
+        let longest_sandbox_ms = config.sandbox.busy_timeout_ms
+            + config.limits.timeout_ms.max
+            + config.host_deadline_slack_ms;
         let vs = one(objs, "VirtualService", "pyrovm");
         let svc = one(objs, "Service", "pyrovm");
         let gw = one(objs, "Gateway", "tvm");
@@ -495,6 +553,19 @@ fn virtualservice_routes_real_apis_with_timeouts_above_the_longest_execution() {
                 ms > longest_ms as f64,
                 "{overlay}: route {rname}: {timeout} <= {longest_ms} ms"
             );
+            let sandbox_route = r["match"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["uri"]["prefix"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("andboxes"))
+                })
+            });
+            if sandbox_route {
+                assert!(
+                    ms > longest_sandbox_ms as f64,
+                    "{overlay}: sandbox route {rname}: {timeout} <= {longest_sandbox_ms} ms"
+                );
+            }
             let retry_on = r["retries"]["retryOn"].as_str().unwrap_or("");
             for cond in retry_on.split(',').filter(|c| !c.is_empty()) {
                 assert!(

@@ -54,7 +54,13 @@ pub const FIRECRACKER_PATH: &str = "/usr/local/bin/firecracker";
 pub const JAILER_PATH: &str = "/usr/local/bin/jailer";
 /// Directories the manifests mount over (made in the image so that a read-only root
 /// filesystem needs no runtime-created mount points).
-pub const MOUNT_POINTS: &[&str] = &["/etc/tvm/config", "/etc/tvm/tokens", "/run/tvm", "/tmp"];
+pub const MOUNT_POINTS: &[&str] = &[
+    "/etc/tvm/config",
+    "/etc/tvm/tokens",
+    "/etc/tvm/route",
+    "/run/tvm",
+    "/tmp",
+];
 /// `tini` is PID 1: it forwards SIGTERM to pyrovm and reaps any orphan.
 pub const ENTRYPOINT: &[&str] = &["/usr/bin/tini", "--", PYROVM_PATH];
 /// Default arguments for a plain `docker run`/`podman run` (Kubernetes replaces them with
