@@ -725,6 +725,20 @@ async fn one_shot_files_out_returns_matching_files_with_caps() {
         .await;
     assert_eq!(v["files"].as_array().unwrap().len(), 3, "{v}");
     assert_eq!(v["files_truncated"], true);
+    // The byte cap (4096) leaves out a file that would pass it, and says so.
+    let (_, v) = srv
+        .execute(json!({"language": "python",
+                        "code": "open('big.bin','wb').write(b'x' * 5000); open('small','w').write('s')",
+                        "files_out": ["big.bin", "small"]}))
+        .await;
+    let paths: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, vec!["small"], "{v}");
+    assert_eq!(v["files_truncated"], true);
     // Without files_out, no `files` at all.
     let (_, v) = srv
         .execute(json!({"language": "bash", "code": "echo hi > x"}))
