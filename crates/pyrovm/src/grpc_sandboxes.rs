@@ -159,6 +159,7 @@ fn code_of(e: &SandboxError) -> (tonic::Code, Option<Duration>) {
         },
         SandboxError::UploadTooLarge { .. } => (Code::ResourceExhausted, None),
         SandboxError::StartFailed(_) => (Code::Unavailable, Some(Duration::from_secs(1))),
+        SandboxError::Internal => (Code::Internal, None),
     }
 }
 

@@ -128,7 +128,7 @@ impl Service {
             },
             metrics.clone(),
         );
-        let executor = Executor::new(
+        let executor = Arc::new(Executor::new(
             vmm,
             CoreSettings {
                 max_concurrency: config.max_concurrency,
@@ -140,7 +140,7 @@ impl Service {
                 max_files_out_bytes: config.limits.max_files_out_bytes,
             },
             metrics,
-        );
+        ));
         let state = Arc::new(AppState {
             executor,
             languages: LanguageTable::builtin(),

@@ -95,6 +95,8 @@ pub enum SandboxError {
     UploadTooLarge { got: u64, max: u64 },
     #[error("{0}")]
     StartFailed(String),
+    #[error("internal error; see the service log")]
+    Internal,
 }
 
 /// How long a file request may take in the guest before the VM counts as lost.
@@ -517,6 +519,25 @@ impl Sandboxes {
     /// capacity, a file that cannot be written), done before it runs, so that the
     /// streaming endpoint can still answer those with a plain error.
     pub async fn prepare_exec(
+        self: &Arc<Self>,
+        executor: &Arc<Executor>,
+        caller: &Caller,
+        id: &str,
+        cmd: &ExecuteCommand,
+    ) -> Result<PreparedExec, SandboxError> {
+        let (this, ex, caller, id, cmd) = (
+            self.clone(),
+            executor.clone(),
+            caller.clone(),
+            id.to_string(),
+            cmd.clone(),
+        );
+        detached(async move { this.prepare_exec_here(&ex, &caller, &id, &cmd).await })
+            .await
+            .and_then(|r| r)
+    }
+
+    async fn prepare_exec_here(
         &self,
         executor: &Executor,
         caller: &Caller,
@@ -548,6 +569,28 @@ impl Sandboxes {
     /// Runs a prepared exec. `live` streams its output; a client that goes away
     /// does not end the sandbox (the exec runs on to its own end, output dropped).
     pub async fn run_exec(
+        self: &Arc<Self>,
+        executor: &Arc<Executor>,
+        prepared: PreparedExec,
+        cmd: ExecuteCommand,
+        live: Option<mpsc::Sender<OutputChunk>>,
+    ) -> ExecuteResponse {
+        let (this, ex) = (self.clone(), executor.clone());
+        let received = prepared.received;
+        let backup = executor.clone();
+        match detached(async move { this.run_exec_here(&ex, prepared, cmd, live).await }).await {
+            Ok(resp) => resp,
+            Err(_) => backup.sandbox_error(
+                ulid::Ulid::new().to_string(),
+                "internal error while running the exec",
+                received,
+                0,
+                0,
+            ),
+        }
+    }
+
+    async fn run_exec_here(
         &self,
         executor: &Executor,
         prepared: PreparedExec,
@@ -598,8 +641,8 @@ impl Sandboxes {
 
     /// [`Sandboxes::prepare_exec`] then [`Sandboxes::run_exec`], collecting the output.
     pub async fn execute(
-        &self,
-        executor: &Executor,
+        self: &Arc<Self>,
+        executor: &Arc<Executor>,
         caller: &Caller,
         id: &str,
         cmd: ExecuteCommand,
@@ -641,6 +684,18 @@ impl Sandboxes {
 
     /// One file operation on the caller's sandbox, with its own hold.
     async fn file_op(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        msg: HostMsg,
+    ) -> Result<GuestMsg, SandboxError> {
+        let (this, caller, id) = (self.clone(), caller.clone(), id.to_string());
+        detached(async move { this.file_op_here(&caller, &id, msg).await })
+            .await
+            .and_then(|r| r)
+    }
+
+    async fn file_op_here(
         &self,
         caller: &Caller,
         id: &str,
@@ -656,7 +711,7 @@ impl Sandboxes {
 
     /// Writes `content` to `path` (relative to the work dir) in the caller's sandbox.
     pub async fn write_file(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
         path: String,
@@ -684,7 +739,7 @@ impl Sandboxes {
 
     /// The bytes of one file of the caller's sandbox.
     pub async fn read_file(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
         path: &str,
@@ -702,7 +757,7 @@ impl Sandboxes {
 
     /// One directory of the caller's sandbox (`""`: the work dir).
     pub async fn list_dir(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
         path: &str,
@@ -734,6 +789,18 @@ impl Sandboxes {
             other => Err(unexpected_msg(&other)),
         }
     }
+}
+
+/// Runs a conversation with a sandbox's agent to its end even if the caller stops
+/// waiting (a client that disconnects drops the handler's future): a request cut off
+/// half-way would leave its answer in the channel for the next request to misread.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::spawn(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a sandbox task failed");
+        SandboxError::Internal
+    })
 }
 
 fn check_path(path: &str) -> Result<(), SandboxError> {

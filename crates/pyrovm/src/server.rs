@@ -30,7 +30,7 @@ use tvm_http::{error_response, BodyError};
 
 #[derive(Debug)]
 pub struct AppState {
-    pub executor: Executor,
+    pub executor: Arc<Executor>,
     pub languages: &'static LanguageTable,
     pub bounds: LimitBounds,
     pub ready: AtomicBool,

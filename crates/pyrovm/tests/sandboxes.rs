@@ -851,3 +851,47 @@ fn instance_cgroups(srv: &TestServer) -> usize {
     }
     n
 }
+
+/// A client that stops waiting half-way through an exec (unary or streamed) does not
+/// end the sandbox, and the next request gets its own answer, not the old one's.
+#[tokio::test]
+async fn a_client_that_gives_up_mid_exec_leaves_the_sandbox_consistent() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let api = Api::new(&srv);
+    let id = api.create_ok(json!({})).await;
+    for path in ["execute", "execute/stream"] {
+        let quitter = reqwest::Client::builder()
+            .timeout(Duration::from_millis(700))
+            .build()
+            .unwrap();
+        let r = quitter
+            .post(format!("{}/v1/sandboxes/{id}/{path}", srv.base))
+            .json(&json!({"language": "bash",
+                          "code": "echo early; sleep 2; echo done >> marker; echo late"}))
+            .send()
+            .await;
+        // The unary call times out; the stream's headers arrive, its body does not.
+        if let Ok(resp) = r {
+            assert!(
+                resp.text().await.is_err(),
+                "{path}: the body should not complete"
+            );
+        }
+        // The next request waits for the abandoned exec, then gets its own output.
+        let v = api.bash(&id, "cat marker; echo mine").await;
+        assert_eq!(v["status"], "completed", "{path}: {v}");
+        assert!(
+            v["stdout"].as_str().unwrap().ends_with("done\nmine\n"),
+            "{path}: {v}"
+        );
+        assert!(
+            !v["stdout"].as_str().unwrap().contains("late"),
+            "{path}: {v}"
+        );
+    }
+    assert_eq!(api.get_file(&id, "marker").await.body, b"done\ndone\n");
+    assert_eq!(api.delete(&id).await.0, 204);
+    srv.stop().await;
+}

@@ -56,6 +56,8 @@ pub(crate) fn status_of(e: &SandboxError) -> (StatusCode, &'static str, Option<u
             (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", None)
         }
         SandboxError::StartFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_error", Some(1)),
+        // A bug: the only 500.
+        SandboxError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
     }
 }
 
