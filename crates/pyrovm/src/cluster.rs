@@ -222,6 +222,8 @@ pub fn sandbox_in_grpc_body(body: &[u8]) -> Option<String> {
 
 /// Largest gRPC request body looked into for a sandbox id (a file upload).
 const MAX_GRPC_PEEK: usize = 32 << 20;
+/// How long such a body may take to arrive (as the HTTP body deadline).
+const GRPC_PEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// State of [`forward_to_owner`].
 #[derive(Debug, Clone)]
@@ -285,9 +287,18 @@ pub async fn forward_to_owner(
     } else if grpc_names_sandbox(req.uri().path()) && !req.headers().contains_key(FORWARDED) {
         // The id is inside the message: read it (the body is put back either way).
         let (parts, body) = req.into_parts();
-        let bytes = match axum::body::to_bytes(body, MAX_GRPC_PEEK).await {
-            Ok(b) => b,
+        // Bounded in size and time: this runs before the body deadline layer.
+        let read =
+            tokio::time::timeout(GRPC_PEEK_TIMEOUT, axum::body::to_bytes(body, MAX_GRPC_PEEK));
+        let bytes = match read.await {
+            Ok(Ok(b)) => b,
             Err(_) => {
+                return tvm_http::grpc_error(
+                    tvm_http::GrpcCode::DeadlineExceeded,
+                    "the request did not arrive in time",
+                )
+            }
+            Ok(Err(_)) => {
                 return tvm_http::grpc_error(
                     tvm_http::GrpcCode::ResourceExhausted,
                     "the request is too large",

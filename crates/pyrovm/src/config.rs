@@ -128,7 +128,9 @@ impl Default for SandboxConfig {
             idle_timeout_s: b.idle_timeout_s,
             disk_mb: b.disk_mb,
             max_file_bytes: 16 << 20,
-            busy_timeout_ms: 65_000,
+            // The longest exec's host deadline (60 s + 10 s of slack, which also
+            // covers its files_out), and a little more.
+            busy_timeout_ms: 75_000,
         }
     }
 }
@@ -322,6 +324,14 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!(
                 "sandbox.max_file_bytes must be between 1 and {MAX_SANDBOX_FILE_BYTES}"
+            )));
+        }
+        // `files_out` comes back in one protocol frame (32 MiB, base64 inside).
+        if self.limits.max_files_out_bytes > MAX_SANDBOX_FILE_BYTES as usize
+            || self.limits.max_files_out > 10_000
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_files_out_bytes must be at most {MAX_SANDBOX_FILE_BYTES} and limits.max_files_out at most 10000"
             )));
         }
         if self.cluster.advertise_addr.is_some() != self.cluster.route_key_file.is_some() {

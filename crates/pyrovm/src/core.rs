@@ -243,24 +243,28 @@ impl Executor {
             Duration::from_millis(cmd.limits.timeout_ms) + self.settings.host_deadline_slack;
         let cap = cmd.limits.max_output_bytes as usize;
         let exec_started = Instant::now();
-        let outcome = tokio::time::timeout(deadline, async {
-            let conv = converse(vm, job, cap, live, detach_on_cancel).await;
-            let files = match &conv {
-                Conversation::Exited(..) if !cmd.files_out.is_empty() => Some(
+        let conv =
+            tokio::time::timeout(deadline, converse(vm, job, cap, live, detach_on_cancel)).await;
+        let exec_ms = exec_started.elapsed().as_millis() as u64;
+        // `files_out` within what is left of the same deadline (the host's slack: the
+        // agent itself ended the job at its timeout), so no answer takes longer.
+        let outcome = match conv {
+            Ok(conv @ Conversation::Exited(..)) if !cmd.files_out.is_empty() => {
+                let files = tokio::time::timeout(
+                    deadline.saturating_sub(exec_started.elapsed()),
                     collect_files(
                         vm,
                         &cmd.files_out,
                         self.settings.max_files_out,
                         self.settings.max_files_out_bytes,
-                    )
-                    .await,
-                ),
-                _ => None,
-            };
-            (conv, files)
-        })
-        .await;
-        let exec_ms = exec_started.elapsed().as_millis() as u64;
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| Err("the agent did not collect files_out in time".into()));
+                Ok((conv, Some(files)))
+            }
+            other => other.map(|c| (c, None)),
+        };
         match outcome {
             Ok((Conversation::Exited(report, out), files)) => {
                 let mut resp = self.response(id, &report, out, received, queued_ms, vm_start_ms);
@@ -536,33 +540,67 @@ async fn converse(
         return Conversation::Broken(error_chain(&e));
     }
     let mut out = Output::default();
+    // Output not yet taken by a slow live client. The agent is read regardless, so
+    // it never blocks on a full channel (and keeps enforcing the job's own deadline);
+    // the agent's per-stream cap bounds what waits here.
+    let mut pending: std::collections::VecDeque<OutputChunk> = Default::default();
     loop {
-        let next = match &live {
+        let step = match &live {
             Some(tx) => tokio::select! {
-                m = vm.channel.next() => m,
-                _ = tx.closed() => {
-                    if !detach_on_cancel {
-                        return Conversation::Cancelled;
+                m = vm.channel.next() => Step::Msg(m),
+                permit = tx.reserve(), if !pending.is_empty() => match permit {
+                    Ok(p) => {
+                        if let Some(chunk) = pending.pop_front() {
+                            p.send(chunk);
+                        }
+                        continue;
                     }
-                    live = None;
-                    continue;
-                }
+                    Err(_) => Step::ClientGone,
+                },
+                _ = tx.closed() => Step::ClientGone,
             },
-            None => vm.channel.next().await,
+            None => Step::Msg(vm.channel.next().await),
+        };
+        let next = match step {
+            Step::Msg(m) => m,
+            Step::ClientGone => {
+                if !detach_on_cancel {
+                    return Conversation::Cancelled;
+                }
+                live = None;
+                pending.clear();
+                continue;
+            }
         };
         match next {
             Some(Ok(GuestMsg::Output { stream, data })) => match &live {
-                Some(tx) => {
-                    if tx.send(OutputChunk { stream, data }).await.is_err() {
-                        if !detach_on_cancel {
-                            return Conversation::Cancelled;
-                        }
-                        live = None;
-                    }
-                }
+                Some(_) => pending.push_back(OutputChunk { stream, data }),
                 None => out.push(stream, &data, cap),
             },
-            Some(Ok(GuestMsg::Exit(report))) => return Conversation::Exited(report, out),
+            Some(Ok(GuestMsg::Exit(report))) => {
+                match live {
+                    // A sandbox's client gets the rest at its own pace: the job is
+                    // over, and its sandbox must not wait on a slow reader.
+                    Some(tx) if detach_on_cancel => {
+                        tokio::spawn(async move {
+                            for chunk in pending {
+                                if tx.send(chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Some(tx) => {
+                        for chunk in pending {
+                            if tx.send(chunk).await.is_err() {
+                                return Conversation::Cancelled;
+                            }
+                        }
+                    }
+                    None => {}
+                }
+                return Conversation::Exited(report, out);
+            }
             Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message),
             Some(Ok(other)) => {
                 return Conversation::Broken(format!("agent sent {} during a job", kind(&other)))
@@ -571,6 +609,11 @@ async fn converse(
             None => return Conversation::Broken("agent channel closed".into()),
         }
     }
+}
+
+enum Step {
+    Msg(Option<Result<GuestMsg, tvm_proto::CodecError>>),
+    ClientGone,
 }
 
 /// A message's name, for errors.

@@ -56,11 +56,14 @@ pub fn server(state: Arc<AppState>) -> pb::sandboxes_server::SandboxesServer<San
 }
 
 /// Who is asking: set by `require_token`; absent only when no middleware ran (auth off).
-fn caller<T>(req: &Request<T>) -> Caller {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::anonymous)
+/// The caller the token middleware recorded (it always does, `anonymous` when auth
+/// is off); its absence is a bug, never a reason to let a request through as anyone.
+#[allow(clippy::result_large_err)]
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        tracing::error!("a sandbox request without a caller");
+        Status::internal("internal error; see the service log")
+    })
 }
 
 /// gRPC create request → the one create request every surface validates.
@@ -136,6 +139,7 @@ pub fn to_pb_listing(l: FileListing) -> pb::ListFilesResponse {
                 size: e.size,
             })
             .collect(),
+        truncated: l.truncated,
     }
 }
 
@@ -216,7 +220,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::CreateSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         self.ready()?;
         let st = &self.state;
         let cmd = validate_sandbox(
@@ -234,7 +238,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
     }
 
     async fn get(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::Sandbox>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let st = &self.state;
         let info = st
             .sandboxes
@@ -247,7 +251,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::ListSandboxesRequest>,
     ) -> Result<Response<pb::ListSandboxesResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let st = &self.state;
         Ok(Response::new(pb::ListSandboxesResponse {
             sandboxes: st
@@ -263,7 +267,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::SandboxRef>,
     ) -> Result<Response<pb::DeleteSandboxResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         self.state
             .sandboxes
             .delete(&who, &req.get_ref().id)
@@ -276,7 +280,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::SandboxExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let pb::SandboxExecuteRequest {
             sandbox_id,
             request,
@@ -297,7 +301,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::SandboxExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let pb::SandboxExecuteRequest {
             sandbox_id,
             request,
@@ -326,7 +330,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::WriteFileRequest>,
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let pb::WriteFileRequest {
             sandbox_id,
             path,
@@ -348,7 +352,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::FileRef>,
     ) -> Result<Response<pb::ReadFileResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.get_ref();
         let content = self
             .state
@@ -363,7 +367,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         &self,
         req: Request<pb::FileRef>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.get_ref();
         // As HTTP: `dir/` and `dir` list the same directory; "" is the work dir.
         let listing = self
@@ -462,6 +466,7 @@ mod tests {
     fn listing_names_the_entry_type() {
         let l = to_pb_listing(FileListing {
             path: "out".into(),
+            truncated: false,
             entries: vec![
                 FileEntry {
                     name: "a.txt".into(),

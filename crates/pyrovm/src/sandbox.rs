@@ -179,6 +179,9 @@ struct Inner {
     /// Creations under way, per caller (they count against the caps).
     starting: HashMap<Caller, usize>,
     ended: VecDeque<Tombstone>,
+    /// Shutdown has begun: no new sandboxes (live ones serve on until `closed`).
+    no_new: bool,
+    /// Every sandbox has been ended; the sweeper stops.
     closed: bool,
 }
 
@@ -263,9 +266,16 @@ impl Sandboxes {
                 Some(EndReason::Ttl)
             } else if sb.pid.is_some_and(|p| !process_alive(p)) {
                 Some(EndReason::VmDied)
-            } else if sb.idle_for() >= sb.idle && sb.vm.try_lock().is_ok() {
-                // Idle means no request is running either.
-                Some(EndReason::Idle)
+            } else if sb.idle_for() >= sb.idle {
+                // Idle means no request is running either; holding the sandbox while
+                // it ends keeps one from starting in between.
+                if let Ok(_held) = sb.vm.try_lock() {
+                    if sb.idle_for() >= sb.idle {
+                        tracing::info!(sandbox = %sb.id, reason = "idle", "sandbox ended");
+                        self.end(&sb, EndReason::Idle);
+                    }
+                }
+                None
             } else {
                 None
             };
@@ -337,10 +347,11 @@ impl Sandboxes {
         });
         let inserted = {
             let mut inner = lock(&self.inner);
-            if !inner.closed {
+            let open = !inner.no_new && !inner.closed;
+            if open {
                 inner.live.insert(sb.id.clone(), sb.clone());
             }
-            !inner.closed
+            open
         };
         if !inserted {
             if let Some(vm) = sb.vm.lock().await.take() {
@@ -355,7 +366,7 @@ impl Sandboxes {
 
     fn reserve(&self, caller: &Caller) -> Result<Reservation<'_>, SandboxError> {
         let mut inner = lock(&self.inner);
-        if inner.closed {
+        if inner.no_new || inner.closed {
             return Err(CoreError::ShuttingDown.into());
         }
         let (total, mine) = inner.count(caller);
@@ -471,6 +482,7 @@ impl Sandboxes {
     pub async fn close_all(&self) {
         let live: Vec<Arc<Sandbox>> = {
             let mut inner = lock(&self.inner);
+            inner.no_new = true;
             inner.closed = true;
             inner.live.values().cloned().collect()
         };
@@ -486,7 +498,7 @@ impl Sandboxes {
     /// Stops creations (shutdown has begun); live sandboxes keep serving until
     /// [`Sandboxes::close_all`].
     pub fn stop_creating(&self) {
-        lock(&self.inner).closed = true;
+        lock(&self.inner).no_new = true;
     }
 
     /// Waits (bounded by `busy_timeout`) for the sandbox to be free, then holds it.
@@ -769,8 +781,9 @@ impl Sandboxes {
             path: path.to_string(),
         };
         match self.file_op(caller, id, msg).await? {
-            GuestMsg::Listing { entries } => Ok(FileListing {
+            GuestMsg::Listing { entries, truncated } => Ok(FileListing {
                 path: path.to_string(),
+                truncated,
                 entries: entries
                     .into_iter()
                     .map(|e| FileEntry {

@@ -46,6 +46,12 @@ impl FileError {
                 FileErrorKind::WrongType
             }
             Errno::EFBIG | Errno::ENOSPC | Errno::EDQUOT => FileErrorKind::TooLarge,
+            Errno::EAGAIN => {
+                return Self::new(
+                    FileErrorKind::Io,
+                    format!("{path}: busy (a process in the sandbox holds a lease on it); retry"),
+                )
+            }
             _ => FileErrorKind::Io,
         };
         Self::new(kind, format!("{path}: {}", e.desc()))
@@ -87,13 +93,21 @@ fn open_beneath(root: &OwnedFd, rel: &str, flags: OFlag, mode: Mode) -> Result<O
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(mode)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    loop {
+    // EAGAIN: a concurrent rename raced the resolution, or (with O_NONBLOCK) the
+    // job holds a lease on the file. Retry a little, never spin.
+    for attempt in 0..OPEN_ATTEMPTS {
         match openat2(root.as_raw_fd(), rel, how) {
-            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            Err(Errno::EAGAIN | Errno::EINTR) if attempt + 1 < OPEN_ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(1 << attempt.min(6)));
+            }
             r => return r.map(owned),
         }
     }
+    Err(Errno::EAGAIN)
 }
+
+/// Tries of one open before it fails as busy (about 0.3 s in all).
+const OPEN_ATTEMPTS: u32 = 10;
 
 /// Opens a directory beneath the work dir (`""`: the work dir itself).
 fn open_dir(root: &OwnedFd, rel: &str, extra: OFlag) -> Result<OwnedFd, Errno> {
@@ -155,14 +169,21 @@ pub(crate) fn write(f: &JobFile) -> Result<(), FileError> {
     let root = work_dir()?;
     let dir = make_parents(&root, &f.path)?;
     let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-    let tmp = format!(".tvm-upload-{}-{}", std::process::id(), next_serial());
     let how = OpenHow::new()
         .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC)
         .mode(Mode::from_bits_truncate(0o644))
         .resolve(ResolveFlag::RESOLVE_BENEATH);
-    let fd = openat2(dir.as_raw_fd(), tmp.as_str(), how)
-        .map(owned)
-        .map_err(|e| FileError::errno(&f.path, e))?;
+    // An unpredictable name, and another on a clash: a job that pre-creates names
+    // cannot block uploads.
+    let mut attempt = 0;
+    let (tmp, fd) = loop {
+        let tmp = format!(".tvm-upload-{:016x}", unpredictable());
+        match openat2(dir.as_raw_fd(), tmp.as_str(), how) {
+            Ok(fd) => break (tmp, owned(fd)),
+            Err(Errno::EEXIST | Errno::EAGAIN | Errno::EINTR) if attempt < 8 => attempt += 1,
+            Err(e) => return Err(FileError::errno(&f.path, e)),
+        }
+    };
     let mut file = File::from(fd);
     let written = file
         .write_all(&f.content)
@@ -191,9 +212,40 @@ pub(crate) fn write(f: &JobFile) -> Result<(), FileError> {
     written
 }
 
-fn next_serial() -> u64 {
+/// 64 bits from the kernel's RNG (the clock and a counter if that fails).
+fn unpredictable() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    let mut b = [0u8; 8];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(b);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    now ^ N
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .rotate_left(32)
+}
+
+/// Removes one file beneath the work dir (never through a symlink: the last
+/// component is unlinked, not followed); errors are ignored.
+pub(crate) fn remove(rel: &str) {
+    if check_relative_path(rel).is_err() {
+        return;
+    }
+    let Ok(root) = work_dir() else { return };
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    if let Ok(dir) = open_dir(&root, parent, OFlag::empty()) {
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
 }
 
 /// Reads one regular file, refusing one larger than `max_bytes`.
@@ -252,21 +304,24 @@ fn read_beneath(root: &OwnedFd, rel: &str, max_bytes: u64) -> Result<Vec<u8>, Fi
 /// Most entries one listing returns (a frame must hold them).
 const MAX_LIST_ENTRIES: usize = 10_000;
 
-/// Lists one directory (`""`: the work dir), sorted by name.
-pub(crate) fn list(rel: &str) -> Result<Vec<DirEntry>, FileError> {
+/// Lists one directory (`""`: the work dir), sorted by name; `true` when entries
+/// were left out (more than a frame carries).
+pub(crate) fn list(rel: &str) -> Result<(Vec<DirEntry>, bool), FileError> {
     let root = work_dir()?;
     if !rel.is_empty() {
         checked(rel)?;
     }
     let dir = open_dir(&root, rel, OFlag::empty())
         .map_err(|e| FileError::errno(if rel.is_empty() { "." } else { rel }, e))?;
-    let mut entries = read_dir(&dir).map_err(|e| FileError::errno(rel, e))?;
+    let (mut entries, mut truncated) = read_dir(&dir).map_err(|e| FileError::errno(rel, e))?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
+    truncated |= entries.len() > MAX_LIST_ENTRIES;
     entries.truncate(MAX_LIST_ENTRIES);
-    Ok(entries)
+    Ok((entries, truncated))
 }
 
-fn read_dir(dir: &OwnedFd) -> Result<Vec<DirEntry>, Errno> {
+/// A directory's entries; `true` when there were more than a frame can carry.
+fn read_dir(dir: &OwnedFd) -> Result<(Vec<DirEntry>, bool), Errno> {
     let fd = nix::unistd::dup(dir.as_raw_fd())?;
     let mut d = nix::dir::Dir::from_fd(fd)?;
     let mut out = Vec::new();
@@ -296,10 +351,10 @@ fn read_dir(dir: &OwnedFd) -> Result<Vec<DirEntry>, Errno> {
         };
         out.push(DirEntry { name, kind, size });
         if out.len() > MAX_LIST_ENTRIES * 4 {
-            break;
+            return Ok((out, true));
         }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// How deep and how wide [`collect`] walks before it stops looking.
@@ -325,16 +380,22 @@ pub(crate) fn collect(
     let root = work_dir()?;
     let mut matched = Vec::new();
     let mut seen = 0usize;
+    // Set when a cap stopped the walk: files may match that were never looked at.
+    let mut walk_cut = false;
     let mut stack = vec![String::new()];
-    while let Some(dir) = stack.pop() {
+    'walk: while let Some(dir) = stack.pop() {
         // Never through a symlink (the walk only descends into real directories).
         let fd = open_dir(&root, &dir, OFlag::O_NOFOLLOW);
         let Ok(fd) = fd else { continue };
-        let Ok(entries) = read_dir(&fd) else { continue };
+        let Ok((entries, cut)) = read_dir(&fd) else {
+            continue;
+        };
+        walk_cut |= cut;
         for e in entries {
             seen += 1;
             if seen > MAX_WALK_ENTRIES {
-                break;
+                walk_cut = true;
+                break 'walk;
             }
             let rel = if dir.is_empty() {
                 e.name.clone()
@@ -343,6 +404,7 @@ pub(crate) fn collect(
             };
             match e.kind {
                 EntryKind::Dir if rel.split('/').count() < MAX_WALK_DEPTH => stack.push(rel),
+                EntryKind::Dir => walk_cut = true,
                 EntryKind::File if compiled.iter().any(|p| p.matches_with(&rel, opts)) => {
                     matched.push((rel, e.size));
                 }
@@ -353,7 +415,7 @@ pub(crate) fn collect(
     matched.sort();
     let mut files = Vec::new();
     let mut total = 0u64;
-    let mut truncated = false;
+    let mut truncated = walk_cut;
     for (rel, size) in matched {
         if files.len() as u32 >= max_files || total + size > max_bytes {
             truncated = true;

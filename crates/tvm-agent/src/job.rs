@@ -2,14 +2,17 @@
 //! user in its own cgroup, output streamed with a cap, a wall-clock deadline.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use tvm_proto::{CodecError, ExitReport, GuestMsg, Job, Outcome, Stream, JOB_UID, WORK_DIR};
@@ -149,31 +152,24 @@ pub(crate) fn run(
     drop(procs);
 
     let (tx, rx) = mpsc::channel();
-    if let Some(mut stdin) = child.stdin.take() {
+    // Set once this job has reported: its helper threads then let go (a process it
+    // left in the background may hold its pipes for as long as the sandbox lives).
+    let reported = Arc::new(AtomicBool::new(false));
+    let _reported_on_return = SetOnDrop(reported.clone());
+    if let Some(stdin) = child.stdin.take() {
         let data = job.stdin.clone();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
+        let reported = reported.clone();
+        std::thread::spawn(move || feed(OwnedFd::from(stdin), &data, &reported));
     }
-    for (pipe, stream) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            Stream::Stdout,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            Stream::Stderr,
-        ),
-    ] {
+    let pipes = [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ];
+    for (pipe, stream) in pipes.into_iter().zip([Stream::Stdout, Stream::Stderr]) {
         if let Some(pipe) = pipe {
             let tx = tx.clone();
-            std::thread::spawn(move || pump(pipe, stream, &tx));
+            let reported = reported.clone();
+            std::thread::spawn(move || pump(pipe, stream, &tx, &reported));
         }
     }
     {
@@ -266,8 +262,6 @@ pub(crate) fn run(
     };
     if in_session {
         cg.remove_if_empty();
-        // The code file is the exec's, not part of the sandbox's files.
-        let _ = fs::remove_file(std::path::Path::new(WORK_DIR).join(&job.code_file));
     }
     Ok(ExitReport {
         outcome,
@@ -392,22 +386,75 @@ fn write_file(rel: &str, content: &[u8]) -> Result<(), JobError> {
     })
 }
 
-fn pump(mut pipe: Box<dyn Read + Send>, stream: Stream, tx: &mpsc::Sender<Event>) {
+/// Sets the flag when dropped (on every way out of [`run`]).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// How often a helper thread looks whether its job has reported.
+const LOOK_EVERY: u16 = 200;
+
+/// Reads one of the job's output pipes into events. Once the job has reported, a
+/// pipe still held open (by a process left in the background) goes to the drainer
+/// and the thread ends.
+fn pump(pipe: OwnedFd, stream: Stream, tx: &mpsc::Sender<Event>, reported: &AtomicBool) {
     let mut buf = vec![0u8; CHUNK];
-    let mut open = true;
     loop {
-        match pipe.read(&mut buf) {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(LOOK_EVERY)) {
+            Ok(0) => {
+                if reported.load(Ordering::Acquire) {
+                    crate::drain::adopt(pipe);
+                    return;
+                }
+                continue;
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        match nix::unistd::read(pipe.as_raw_fd(), &mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                // After the job reported, a background process of a sandbox may
-                // still write: keep reading (and dropping) so it never gets EPIPE.
-                if open && tx.send(Event::Out(stream, buf[..n].to_vec())).is_err() {
-                    open = false;
+                if tx.send(Event::Out(stream, buf[..n].to_vec())).is_err() {
+                    // The job has reported; what comes now is nobody's output.
+                    crate::drain::adopt(pipe);
+                    return;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(Errno::EINTR | Errno::EAGAIN) => continue,
             Err(_) => break,
         }
     }
     let _ = tx.send(Event::Eof);
+}
+
+/// Writes the job's stdin without ever blocking for good: a program that does not
+/// read it is left alone once its job has reported (the pipe is closed then).
+fn feed(pipe: OwnedFd, data: &[u8], reported: &AtomicBool) {
+    if nix::fcntl::fcntl(
+        pipe.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .is_err()
+    {
+        return;
+    }
+    let mut rest = data;
+    while !rest.is_empty() {
+        match nix::unistd::write(&pipe, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                if reported.load(Ordering::Acquire) {
+                    return;
+                }
+                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(LOOK_EVERY));
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 mod boot;
 mod cgroup;
+mod drain;
 mod files;
 mod job;
 mod reaper;
@@ -86,12 +87,19 @@ fn serve_one<T: std::io::Read + std::io::Write>(
     ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
 ) -> Result<(), tvm_proto::CodecError> {
     let reply = match msg {
-        HostMsg::Run(job) => match job::run(&job, session.as_mut(), &mut |m| ch.send(m)) {
-            Ok(report) => GuestMsg::Exit(report),
-            Err(e) => GuestMsg::Failed {
-                message: error_chain(&e),
-            },
-        },
+        HostMsg::Run(job) => {
+            let r = job::run(&job, session.as_mut(), &mut |m| ch.send(m));
+            if session.is_some() {
+                // The code file is the exec's, not one of the sandbox's files.
+                files::remove(&job.code_file);
+            }
+            match r {
+                Ok(report) => GuestMsg::Exit(report),
+                Err(e) => GuestMsg::Failed {
+                    message: error_chain(&e),
+                },
+            }
+        }
         HostMsg::Open(spec) => match job::Session::open(&spec) {
             Ok(s) => {
                 *session = Some(s);
@@ -110,7 +118,7 @@ fn serve_one<T: std::io::Read + std::io::Write>(
             Err(e) => e.into_msg(),
         },
         HostMsg::ListDir { path } => match files::list(&path) {
-            Ok(entries) => GuestMsg::Listing { entries },
+            Ok((entries, truncated)) => GuestMsg::Listing { entries, truncated },
             Err(e) => e.into_msg(),
         },
         HostMsg::Collect(c) => match files::collect(&c.patterns, c.max_files, c.max_bytes) {
@@ -121,7 +129,16 @@ fn serve_one<T: std::io::Read + std::io::Write>(
             message: "warm-up and resume come before any work".into(),
         },
     };
-    ch.send(reply)
+    match ch.send(reply) {
+        // A reply larger than a frame (a host asking for too much) is refused by the
+        // codec before anything is written: say so instead of giving up the channel.
+        Err(tvm_proto::CodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => ch
+            .send(GuestMsg::FileError {
+                kind: tvm_proto::FileErrorKind::TooLarge,
+                message: "the answer is larger than one protocol frame".into(),
+            }),
+        r => r,
+    }
 }
 
 /// Boot, then serve requests until the host goes away (it normally destroys the

@@ -140,6 +140,8 @@ pub struct FileListing {
     /// The directory, relative to the work dir (`""` for the work dir itself).
     pub path: String,
     pub entries: Vec<FileEntry>,
+    /// Whether entries were left out (a listing holds at most 10,000).
+    pub truncated: bool,
 }
 
 /// Parses a create body; an empty body means all defaults.

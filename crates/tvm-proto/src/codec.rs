@@ -238,6 +238,7 @@ mod tests {
                     kind: crate::EntryKind::Dir,
                     size: 0,
                 }],
+                truncated: false,
             },
             GuestMsg::Collected {
                 files: vec![file.clone()],

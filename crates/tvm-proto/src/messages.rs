@@ -108,8 +108,11 @@ pub enum GuestMsg {
         #[serde(with = "b64")]
         content: Vec<u8>,
     },
-    /// The entries of a `ListDir`, sorted by name.
-    Listing { entries: Vec<DirEntry> },
+    /// The entries of a `ListDir`, sorted by name; `truncated` when some were left out.
+    Listing {
+        entries: Vec<DirEntry>,
+        truncated: bool,
+    },
     /// The files a `Collect` matched, sorted by path; `truncated` when a cap left some out.
     Collected {
         files: Vec<JobFile>,

@@ -61,8 +61,13 @@ pub(crate) fn status_of(e: &SandboxError) -> (StatusCode, &'static str, Option<u
     }
 }
 
-fn caller(ext: Option<Extension<Caller>>) -> Caller {
-    ext.map(|Extension(c)| c).unwrap_or_else(Caller::anonymous)
+/// The caller the token middleware recorded (it always does, `anonymous` when auth
+/// is off); its absence is a bug, never a reason to let a request through as anyone.
+fn caller(ext: Option<Extension<Caller>>) -> Result<Caller, Failure> {
+    ext.map(|Extension(c)| c).ok_or_else(|| {
+        tracing::error!("a sandbox request without a caller");
+        Failure::Sandbox(SandboxError::Internal)
+    })
 }
 
 /// Create a sandbox: one microVM kept for a session, in memory only.
@@ -90,7 +95,7 @@ pub(crate) async fn create(
         })?;
     let info = st
         .sandboxes
-        .create(&st.executor, &caller(who), cmd)
+        .create(&st.executor, &caller(who)?, cmd)
         .await
         .map_err(Failure::Sandbox)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
@@ -103,10 +108,10 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(st): State<Arc<AppState>>,
     who: Option<Extension<Caller>>,
-) -> Json<SandboxList> {
-    Json(SandboxList {
-        sandboxes: st.sandboxes.list(&st.executor, &caller(who)),
-    })
+) -> Result<Json<SandboxList>, Failure> {
+    Ok(Json(SandboxList {
+        sandboxes: st.sandboxes.list(&st.executor, &caller(who)?),
+    }))
 }
 
 /// One of the caller's sandboxes.
@@ -124,7 +129,7 @@ pub(crate) async fn info(
     Path(id): Path<String>,
 ) -> Result<Json<SandboxInfo>, Failure> {
     st.sandboxes
-        .info(&st.executor, &caller(who), &id)
+        .info(&st.executor, &caller(who)?, &id)
         .map(Json)
         .map_err(Failure::Sandbox)
 }
@@ -144,7 +149,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Failure> {
     st.sandboxes
-        .delete(&caller(who), &id)
+        .delete(&caller(who)?, &id)
         .await
         .map_err(Failure::Sandbox)?;
     Ok(StatusCode::NO_CONTENT)
@@ -176,7 +181,7 @@ pub(crate) async fn execute(
     let cmd = command_with(&st, body, validate_in_sandbox)?;
     let resp = st
         .sandboxes
-        .execute(&st.executor, &caller(who), &id, cmd)
+        .execute(&st.executor, &caller(who)?, &id, cmd)
         .await
         .map_err(Failure::Sandbox)?;
     log_finished(&resp);
@@ -208,7 +213,7 @@ pub(crate) async fn execute_stream(
     let cmd = command_with(&st, body, validate_in_sandbox)?;
     let prepared = st
         .sandboxes
-        .prepare_exec(&st.executor, &caller(who), &id, &cmd)
+        .prepare_exec(&st.executor, &caller(who)?, &id, &cmd)
         .await
         .map_err(Failure::Sandbox)?;
     let runner = st.clone();
@@ -251,7 +256,7 @@ pub(crate) async fn read_file(
     Path((id, path)): Path<(String, String)>,
     Query(q): Query<FileQuery>,
 ) -> Result<Response, Failure> {
-    let who = caller(who);
+    let who = caller(who)?;
     if q.list.is_some() || path.ends_with('/') {
         let dir = path.trim_end_matches('/');
         return st
@@ -285,7 +290,7 @@ pub(crate) async fn list_root(
     Path(id): Path<String>,
 ) -> Result<Json<FileListing>, Failure> {
     st.sandboxes
-        .list_dir(&caller(who), &id, "")
+        .list_dir(&caller(who)?, &id, "")
         .await
         .map(Json)
         .map_err(Failure::Sandbox)
@@ -316,7 +321,7 @@ pub(crate) async fn write_file(
 ) -> Result<Json<FileWritten>, Failure> {
     let body = read_body(&st, body)?;
     st.sandboxes
-        .write_file(&caller(who), &id, path, body.to_vec())
+        .write_file(&caller(who)?, &id, path, body.to_vec())
         .await
         .map(Json)
         .map_err(Failure::Sandbox)

@@ -272,6 +272,7 @@ pub(super) fn list_files(
         return print_json(&bytes);
     }
     let listing: FileListing = parse(&bytes)?;
+    let truncated = listing.truncated;
     let entries: Vec<_> = listing
         .entries
         .into_iter()
@@ -281,6 +282,7 @@ pub(super) fn list_files(
         let listing = FileListing {
             path: listing.path,
             entries,
+            truncated,
         };
         println!("{}", serde_json::to_string(&listing)?);
         return Ok(ExitCode::SUCCESS);
@@ -293,6 +295,9 @@ pub(super) fn list_files(
             "-".into()
         };
         writeln!(out, "{:<7} {:>10} {}", e.kind, size, e.name)?;
+    }
+    if truncated {
+        eprintln!("tvm: the listing was cut at 10,000 entries");
     }
     Ok(ExitCode::SUCCESS)
 }
