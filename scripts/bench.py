@@ -4,18 +4,19 @@ measured in the same run. A benchmark, not a test: it prints a markdown table an
 writes docs/bench/results.json and docs/bench/latency.svg.
 
 Scenarios: cold (no pool, no snapshot), snapshot_clone (a clone restored per request,
-no pool), pool_hit (a pool of ready snapshot clones). Baselines: (a) naive — qemu-system-x86_64 started per request with the same kernel,
+no pool), pool_hit (a pool of ready snapshot clones; on the same server, sandboxes: create,
+exec in a live sandbox, idle PSS). Baselines: (a) naive — qemu-system-x86_64 started per request with the same kernel,
 initramfs and rootfs, speaking the same agent protocol, no pool, no snapshot (the
 original design); (b) bwrap — python3 run natively under bubblewrap.
 Needs: target/release/pyrovm, a built image (TVM_IMAGE_DIR or ~/.cache/tvm/current),
 bwrap. Stdlib only.
 """
 import base64, concurrent.futures as cf, json, os, shutil, socket, statistics, struct
-import subprocess, sys, tempfile, time, urllib.request
+import subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.environ.get("TVM_IMAGE_DIR") or os.path.expanduser("~/.cache/tvm/current")
-PROTOCOL_VERSION = 2  # tvm-proto PROTOCOL_VERSION; the naive baseline speaks it too
+PROTOCOL_VERSION = 3  # tvm-proto PROTOCOL_VERSION; the naive baseline speaks it too
 PYROVM = os.path.join(ROOT, "target/release/pyrovm")
 N = int(os.environ.get("BENCH_N", "20"))
 BODY = {"language": "python", "code": "print(1)"}
@@ -68,9 +69,10 @@ class Server:
                 time.sleep(0.05)
             self.snapshot_s = time.monotonic() - t0
 
-    def metric(self, name):
+    def metric(self, name, label=""):
         text = urllib.request.urlopen(self.url + "/metrics").read().decode()
-        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                   if l.startswith(name) and label in l)
 
     def wait_pool(self, want, timeout=120):
         end = time.time() + timeout
@@ -90,20 +92,62 @@ class Server:
         assert ok or not strict, v
         return wall, v
 
-    def vmm_pss_kib(self):
+    def call(self, method, path, body=None, want=200):
+        """One JSON request; (wall ms, parsed answer or None). Another status raises."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data, {"content-type": "application/json"},
+                                     method=method)
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{method} {path}: {e.code} {e.read()[:500]!r}") from None
+        wall = (time.monotonic() - t0) * 1000
+        if status != want:
+            raise RuntimeError(f"{method} {path}: {status}, wanted {want}: {raw[:500]!r}")
+        return wall, (json.loads(raw) if raw else None)
+
+    def sandbox_execute(self, sid):
+        wall, v = self.call("POST", f"/v1/sandboxes/{sid}/execute", BODY)
+        assert v["status"] == "completed" and v["stdout"] == "1\n", v
+        return wall, v
+
+    def vmm_pids(self):
+        """The QEMU processes of this server (pooled, in use, or sandboxes)."""
         out = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             try:
                 cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-                if self.dir.encode() in cmd and b"qemu-system" in cmd:
-                    for line in open(f"/proc/{pid}/smaps_rollup"):
-                        if line.startswith("Pss:"):
-                            out.append(int(line.split()[1]))
             except OSError:
-                pass
+                continue
+            if self.dir.encode() in cmd and b"qemu-system" in cmd:
+                out.append(int(pid))
         return out
+
+    @staticmethod
+    def pss_kib(pid):
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    @staticmethod
+    def cpu_ticks(pid):
+        """utime + stime of a process, in clock ticks (None once it is gone)."""
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def vmm_pss_kib(self):
+        return [x for x in map(self.pss_kib, self.vmm_pids()) if x is not None]
 
     def stop(self):
         self.proc.terminate()
@@ -220,6 +264,101 @@ def svg(results, path):
     open(path, "w").write(doc)
 
 
+def sandbox_bench(s, pool_size):
+    """Sandboxes on the pool-hit server, so they sit beside its one-shot pool hits:
+    create (POST, then DELETE; the pool refilled before each, as for the hits), exec of
+    print(1) in one live sandbox, and the PSS of that sandbox's VMM after ~2 s idle, both
+    after its first exec and after all of them (guest pages dirtied by execs stay resident)."""
+    out = {}
+    hits0 = s.metric("tvm_pool_takes_total", 'result="hit"')
+    create, delete = [], []
+    for _ in range(N):
+        s.wait_pool(pool_size)
+        wall, info = s.call("POST", "/v1/sandboxes", {}, want=201)
+        create.append(wall)
+        wall, _ = s.call("DELETE", f"/v1/sandboxes/{info['id']}", want=204)
+        delete.append(wall)
+    out["create_ms"] = summary(create)
+    out["create_pool_hits"] = int(s.metric("tvm_pool_takes_total", 'result="hit"') - hits0)
+    out["delete_ms"] = summary(delete)
+
+    s.wait_pool(pool_size)
+    pooled = set(s.vmm_pids())
+    _, info = s.call("POST", "/v1/sandboxes", {}, want=201)
+    sid = info["id"]
+    try:
+        s.wait_pool(pool_size)  # the refill is done before anything is timed
+        before = {p: s.cpu_ticks(p) for p in s.vmm_pids()}
+        s.sandbox_execute(sid)  # warm-up
+        time.sleep(2)
+        pss_first = {p: s.pss_kib(p) for p in s.vmm_pids()}  # whose it is is known later
+        execs, overhead = [], []
+        for _ in range(N):
+            wall, v = s.sandbox_execute(sid)
+            execs.append(wall)
+            overhead.append(v["timings_ms"]["total"] - v["timings_ms"]["exec"])
+        out["exec_ms"] = summary(execs)
+        out["exec_overhead_ms"] = summary(overhead)
+        # The sandbox's VMM is the one that burnt CPU during the execs; the pool's
+        # VMs sat idle. It must also be one of the VMs that were pooled before create.
+        used = sorted((((s.cpu_ticks(p) or 0) - t, p) for p, t in before.items() if t is not None),
+                      reverse=True)
+        (top, pid), second = used[0], (used[1][0] if len(used) > 1 else 0)
+        time.sleep(2)
+        if pid in pooled and top > 4 * max(second, 1):
+            out["idle_pss_mib_after_1_exec"] = round(pss_first[pid] / 1024, 1)
+            out["idle_pss_mib"] = round(s.pss_kib(pid) / 1024, 1)
+            out["idle_pss_after_execs"] = N + 1
+            beside = [s.pss_kib(p) for p in s.vmm_pids() if p != pid]
+            out["pooled_idle_pss_mib_beside"] = sorted(round(x / 1024, 1) for x in beside if x is not None)
+        else:
+            print(f"sandbox VMM not identified (cpu ticks {used}); no PSS", file=sys.stderr)
+            out["idle_pss_mib"] = out["idle_pss_mib_after_1_exec"] = None
+    finally:
+        s.call("DELETE", f"/v1/sandboxes/{sid}", want=204)
+    return out
+
+
+def sandbox_results(res, sb):
+    """Files the sandbox numbers beside the one-shot pool hit of the same server."""
+    L = res["latency_ms"]
+    L["sandbox_create"], L["sandbox_exec"] = sb.pop("create_ms"), sb.pop("exec_ms")
+    hit = L["pool_hit"]["p50"]
+    pooled = res["memory"]["idle_pss_mib_352mib_guests"]
+    pooled_avg = sum(pooled) / len(pooled) if pooled else None
+    sb["vs_pool_hit_p50"] = {"create": L["sandbox_create"]["p50"] / hit, "exec": L["sandbox_exec"]["p50"] / hit}
+    for k in ("idle_pss_mib_after_1_exec", "idle_pss_mib"):
+        sb[k.replace("idle_pss_mib", "idle_pss_vs_pooled_vm")] = (
+            sb[k] / pooled_avg if sb[k] is not None and pooled_avg else None)
+    sb["note"] = ("same server and run as pool_hit (pool of 2 snapshot clones, 352 MiB guests); "
+                  "create = POST /v1/sandboxes {} with the pool full (then DELETE); exec = print(1) "
+                  "in one live sandbox after a warm-up exec; idle_pss_mib = Pss of its VMM after "
+                  "~2 s idle following idle_pss_after_execs execs (_after_1_exec: after the first), "
+                  "vs the mean of memory.idle_pss_mib_352mib_guests")
+    res["sandbox"] = sb
+
+
+def print_sandbox_table(res):
+    L, sb = res["latency_ms"], res["sandbox"]
+    hit = L["pool_hit"]["p50"]
+    print("| same server as pool_hit | p50 | p95 | vs one-shot pool hit p50 |\n|---|---|---|---|")
+    print(f"| one-shot pool hit (POST /v1/execute) | {hit:.0f} ms | {L['pool_hit']['p95']:.0f} ms | 1.00× |")
+    for k, name in (("sandbox_create", "sandbox create (POST /v1/sandboxes)"),
+                    ("sandbox_exec", "exec in a live sandbox")):
+        v = L[k]
+        print(f"| {name} | {v['p50']:.0f} ms | {v['p95']:.0f} ms | {v['p50'] / hit:.2f}× |")
+    pooled = res["memory"]["idle_pss_mib_352mib_guests"]
+    if sb["idle_pss_mib"] is not None:
+        for k, after in (("_after_1_exec", "1 exec"), ("", f"{sb['idle_pss_after_execs']} execs")):
+            print(f"| idle sandbox VMM PSS, after {after} | {sb['idle_pss_mib' + k]} MiB | — | "
+                  f"{sb['idle_pss_vs_pooled_vm' + k]:.2f}× an idle pooled VM ({sum(pooled) / len(pooled):.1f} MiB) |")
+    d = sb["delete_ms"]
+    print(f"\nsandbox: {sb['create_pool_hits']}/{L['sandbox_create']['n']} creates were pool hits; "
+          f"delete p50 {d['p50']:.0f} ms; in-sandbox overhead (total - exec) p50 "
+          f"{sb['exec_overhead_ms']['p50']:.0f} ms (one-shot {res['overhead_ms']['p50']:.0f} ms); "
+          f"pooled VMs beside the idle sandbox: {sb.get('pooled_idle_pss_mib_beside')} MiB")
+
+
 def main():
     khz = tsc_khz()
     res = {"machine": {"cores": os.cpu_count(), "accel": "tcg", "date": time.strftime("%Y-%m-%d")},
@@ -267,6 +406,9 @@ def main():
         time.sleep(2)
         pss = s.vmm_pss_kib()
         res["memory"]["idle_pss_mib_352mib_guests"] = [round(x / 1024, 1) for x in pss]
+        print("sandboxes (same server) ...", file=sys.stderr)
+        sandbox_results(res, sandbox_bench(s, 2))
+        s.wait_pool(2)
         print("throughput ...", file=sys.stderr)
         for c in (1, 4, 16):
             res["throughput_per_s"][f"tvm_c{c}"] = throughput(
@@ -333,6 +475,8 @@ def main():
     print(f"idle pooled clone PSS (128 MiB guest): avg {m['avg_pss_mib']} MiB unprimed, "
           f"{m['primed_avg_pss_mib']} MiB primed, over {m['measured_vms']} VMs; "
           f"~{m['fit_in_16gib_extrapolated']} fit in 16 GiB (extrapolated)")
+    print()
+    print_sandbox_table(res)
 
 
 if __name__ == "__main__":
