@@ -231,6 +231,7 @@ pub struct Forwarder {
     cluster: Cluster,
     client: Client<PeerConnector, Body>,
     peer_host: Option<String>,
+    peers: Vec<String>,
 }
 
 /// How long connecting to the owner may take.
@@ -240,7 +241,7 @@ impl Forwarder {
     /// `peer_host`: the `Host` forwarded requests carry (in an Istio mesh, the name of
     /// a headless Service of the pyrovm pods, so the caller's sidecar sends the request
     /// to the pod IP it was addressed to, over mTLS); default: the owner's address.
-    pub fn new(cluster: Cluster, peer_host: Option<String>) -> Self {
+    pub fn new(cluster: Cluster, peer_host: Option<String>, peers: Vec<String>) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
@@ -255,9 +256,107 @@ impl Forwarder {
             cluster,
             client,
             peer_host,
+            peers,
         }
     }
+
+    /// The URI of `path` on the pyrovm at `addr` (under the peer host, if any).
+    fn peer_uri(&self, addr: SocketAddr, path: &str) -> Option<Uri> {
+        let authority = match &self.peer_host {
+            Some(host) => format!("{}.{host}:{}", encode_addr(addr), addr.port()),
+            None => addr.to_string(),
+        };
+        format!("http://{authority}{path}").parse().ok()
+    }
+
+    /// The other pyrovms now: every `peers` entry resolved, this one left out.
+    async fn peer_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for p in &self.peers {
+            match tokio::time::timeout(PEER_TIMEOUT, tokio::net::lookup_host(p.as_str())).await {
+                Ok(Ok(addrs)) => out.extend(addrs),
+                _ => tracing::warn!(peer = %p, "cannot resolve a cluster peer"),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out.retain(|a| *a != self.cluster.advertise);
+        out
+    }
+
+    /// The caller's sandboxes on every other pyrovm (the same `Authorization`, so
+    /// each filters by the same caller), and how many did not answer.
+    pub async fn list_elsewhere(
+        &self,
+        authorization: Option<&HeaderValue>,
+    ) -> (Vec<tvm_api::SandboxInfo>, u32) {
+        let peers = self.peer_addrs().await;
+        let asks = peers.iter().map(|addr| async move {
+            let uri = self.peer_uri(*addr, "/v1/sandboxes")?;
+            let mut req = Request::builder().method("GET").uri(uri);
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let req = req
+                .header(FORWARDED, self.cluster.advertise.to_string())
+                .body(Body::empty())
+                .ok()?;
+            let resp = tokio::time::timeout(PEER_TIMEOUT, self.client.request(req))
+                .await
+                .ok()?
+                .ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let body = tokio::time::timeout(
+                PEER_TIMEOUT,
+                axum::body::to_bytes(Body::new(resp.into_body()), 4 << 20),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            serde_json::from_slice::<tvm_api::SandboxList>(&body).ok()
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut all = Vec::new();
+        let mut unreachable = 0;
+        for (addr, a) in peers.iter().zip(answers) {
+            match a {
+                Some(list) => all.extend(list.sandboxes),
+                None => {
+                    tracing::warn!(%addr, "a cluster peer did not list its sandboxes");
+                    unreachable += 1;
+                }
+            }
+        }
+        (all, unreachable)
+    }
 }
+
+/// The caller's sandboxes: this pyrovm's, and in a cluster (unless this request was
+/// itself forwarded by a peer) every other pyrovm's, oldest first.
+pub async fn list_sandboxes(
+    st: &crate::server::AppState,
+    caller: &tvm_http::middleware::Caller,
+    authorization: Option<&HeaderValue>,
+    forwarded: bool,
+) -> tvm_api::SandboxList {
+    let mut sandboxes = st.sandboxes.list(&st.executor, caller);
+    let mut unreachable_nodes = 0;
+    if let Some(f) = st.forwarder.as_ref().filter(|_| !forwarded) {
+        let (elsewhere, unreachable) = f.list_elsewhere(authorization).await;
+        sandboxes.extend(elsewhere);
+        sandboxes.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        unreachable_nodes = unreachable;
+    }
+    tvm_api::SandboxList {
+        sandboxes,
+        unreachable_nodes,
+    }
+}
+
+/// How long a peer may take to resolve, connect and answer a listing.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are the connection's, not the request's.
 fn hop_by_hop(name: &HeaderName) -> bool {
@@ -332,14 +431,11 @@ pub async fn forward_to_owner(
     for n in names.iter().filter(|n| hop_by_hop(n) && n.as_str() != "te") {
         parts.headers.remove(n);
     }
-    if let Some(host) = &f.peer_host {
-        // The authority names the peer Service (what an Istio sidecar routes a
-        // headless service's HTTP by: `*.<service>`); its first label is the pod's
-        // address, which our connector dials.
-        let authority = format!("{}.{host}:{}", encode_addr(addr), addr.port());
-        if let Ok(u) = format!("http://{authority}{path}").parse::<Uri>() {
-            parts.uri = u;
-        }
+    // Under a peer host the authority names the peer Service (what an Istio
+    // sidecar routes a headless service's HTTP by: `*.<service>`); its first label
+    // is the pod's address, which our connector dials.
+    if let Some(u) = f.peer_uri(addr, &path) {
+        parts.uri = u;
     }
     if let Ok(v) = HeaderValue::from_str(&f.cluster.advertise.to_string()) {
         parts.headers.insert(FORWARDED, v);

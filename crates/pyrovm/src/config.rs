@@ -94,6 +94,10 @@ pub struct ClusterConfig {
     /// mesh, a headless Service of the pyrovm pods (its sidecar then sends the request
     /// to that pod, over mTLS). Unset: the owner's address.
     pub peer_host: Option<String>,
+    /// Where the other pyrovms are, for listing a caller's sandboxes across all of
+    /// them: `host:port` entries, each resolved at every listing (a headless
+    /// Service's name yields every pod). Empty: a listing shows this node's only.
+    pub peers: Vec<String>,
 }
 
 /// `[sandbox]`: how many sandboxes, how long they live, how large their files are.

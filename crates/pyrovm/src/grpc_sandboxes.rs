@@ -252,14 +252,17 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         req: Request<pb::ListSandboxesRequest>,
     ) -> Result<Response<pb::ListSandboxesResponse>, Status> {
         let who = caller(&req)?;
-        let st = &self.state;
+        let md = req.metadata();
+        let forwarded = md.contains_key(crate::cluster::FORWARDED);
+        let authorization = md
+            .get("authorization")
+            .and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok());
+        let list =
+            crate::cluster::list_sandboxes(&self.state, &who, authorization.as_ref(), forwarded)
+                .await;
         Ok(Response::new(pb::ListSandboxesResponse {
-            sandboxes: st
-                .sandboxes
-                .list(&st.executor, &who)
-                .iter()
-                .map(to_pb_sandbox)
-                .collect(),
+            sandboxes: list.sandboxes.iter().map(to_pb_sandbox).collect(),
+            unreachable_nodes: list.unreachable_nodes,
         }))
     }
 

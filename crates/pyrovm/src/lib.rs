@@ -141,12 +141,20 @@ impl Service {
             },
             metrics,
         ));
+        let forwarder = cluster.map(|c| {
+            Arc::new(cluster::Forwarder::new(
+                c,
+                config.cluster.peer_host.clone(),
+                config.cluster.peers.clone(),
+            ))
+        });
         let state = Arc::new(AppState {
             executor,
             languages: LanguageTable::builtin(),
             bounds: config.limits,
             ready: AtomicBool::new(true),
             sandboxes,
+            forwarder: forwarder.clone(),
         });
         Ok(Self {
             state,
@@ -161,8 +169,7 @@ impl Service {
                 max_connections: config.max_connections,
             },
             body_timeout: Duration::from_millis(config.body_timeout_ms),
-            forwarder: cluster
-                .map(|c| Arc::new(cluster::Forwarder::new(c, config.cluster.peer_host.clone()))),
+            forwarder,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct AppState {
     pub bounds: LimitBounds,
     pub ready: AtomicBool,
     pub sandboxes: Arc<crate::sandbox::Sandboxes>,
+    /// In a cluster: reaches the other pyrovms (sandbox forwarding, fleet listing).
+    pub forwarder: Option<Arc<crate::cluster::Forwarder>>,
 }
 
 /// An error answer; the only place HTTP status codes for failures are chosen

@@ -12,12 +12,19 @@ use serde_json::{json, Value};
 const TOKEN: &str = "cluster-test-token";
 const OTHER: &str = "cluster-test-other";
 
-async fn node(key: &std::path::Path) -> Option<TestServer> {
+/// A pyrovm on `listener` that knows its peers (both nodes' addresses).
+async fn node(
+    key: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    peers: &[std::net::SocketAddr],
+) -> Option<TestServer> {
     let key = key.to_path_buf();
-    TestServer::start_with_addr(move |c, addr| {
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    TestServer::start_on(listener, move |c, addr| {
         c.tokens = vec![TOKEN.into(), OTHER.into()];
         c.cluster.advertise_addr = Some(addr);
         c.cluster.route_key_file = Some(key);
+        c.cluster.peers = peers;
     })
     .await
 }
@@ -65,10 +72,13 @@ async fn a_sandbox_is_served_by_its_owner_through_any_instance() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("route.key");
     std::fs::write(&key, "a-shared-route-key-for-this-test\n").unwrap();
-    let Some(a) = node(&key).await else {
+    let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let Some(a) = node(&key, la, &peers).await else {
         return;
     };
-    let b = node(&key).await.expect("second node");
+    let b = node(&key, lb, &peers).await.expect("second node");
 
     // Created on A: its id names A.
     let (status, body) = call(
@@ -189,6 +199,48 @@ async fn a_sandbox_is_served_by_its_owner_through_any_instance() {
             .into_inner();
         assert!(file.content == blob);
     }
+    // Listing through either node shows the caller's sandboxes on both: one made on
+    // B joins the one on A; another token sees none of them.
+    let (status, body) = call(
+        &b,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/sandboxes",
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let on_b = serde_json::from_slice::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in [&a, &b] {
+        let (status, body) = call(n, TOKEN, reqwest::Method::GET, "/v1/sandboxes", None).await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        common::check_against_openapi("get", "/v1/sandboxes", 200, &v);
+        let ids: Vec<&str> = v["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec![id.as_str(), on_b.as_str()], "{v}");
+        assert_eq!(v["unreachable_nodes"], 0);
+        let (_, body) = call(n, OTHER, reqwest::Method::GET, "/v1/sandboxes", None).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["sandboxes"], json!([]), "{v}");
+    }
+    let (status, _) = call(
+        &a,
+        TOKEN,
+        reqwest::Method::DELETE,
+        &format!("/v1/sandboxes/{on_b}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
     // Another token through B still gets 404 (the owner checks).
     let (status, _) = call(
         &b,
@@ -203,7 +255,6 @@ async fn a_sandbox_is_served_by_its_owner_through_any_instance() {
     // Everything ran on A; B never held a sandbox or ran an exec.
     assert_eq!(metric(&a, "tvm_sandbox_execs_total").await, 8.0);
     assert_eq!(metric(&b, "tvm_sandbox_execs_total").await, 0.0);
-    assert_eq!(metric(&b, "tvm_vm_boots_total").await, 0.0);
     assert_eq!(metric(&b, "tvm_sandboxes_active").await, 0.0);
 
     // An id whose address was changed fails its MAC: B answers 404 itself and
@@ -266,5 +317,9 @@ async fn a_sandbox_is_served_by_its_owner_through_any_instance() {
     assert!(resp.headers().contains_key("retry-after"));
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "owner_unreachable");
+    // A listing through B says a node did not answer.
+    let (_, body) = call(&b, TOKEN, reqwest::Method::GET, "/v1/sandboxes", None).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["unreachable_nodes"], 1, "{v}");
     b.stop().await;
 }

@@ -114,6 +114,9 @@ pub struct SandboxInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxList {
     pub sandboxes: Vec<SandboxInfo>,
+    /// In a cluster: pyrovms that did not answer, whose sandboxes are missing here.
+    #[serde(default)]
+    pub unreachable_nodes: u32,
 }
 
 /// `PUT /v1/sandboxes/{id}/files/{path}` answer.

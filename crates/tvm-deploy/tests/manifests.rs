@@ -380,10 +380,22 @@ fn networkpolicy_denies_egress_and_admits_only_the_gateway() {
                 .is_some_and(|to| !to.is_empty() && to.iter().all(pyrovm_pods))
                 && rule["ports"] == json!([{"protocol": "TCP", "port": 8080}])
         };
+        let to_dns = |rule: &Value| {
+            rule["to"].as_array().is_some_and(|to| {
+                !to.is_empty()
+                    && to.iter().all(|peer| {
+                        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                            == "kube-system"
+                            && peer["podSelector"]["matchLabels"] == json!({"k8s-app": "kube-dns"})
+                    })
+            }) && rule["ports"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["port"] == 53))
+        };
         if !with_mesh(overlay) {
             assert!(
-                egress.iter().all(to_peers),
-                "{overlay}: pyrovm's only egress is to its peers: {egress:?}"
+                egress.iter().all(|r| to_peers(r) || to_dns(r)),
+                "{overlay}: pyrovm's only egress is to its peers and DNS: {egress:?}"
             );
             return;
         }

@@ -108,10 +108,17 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(st): State<Arc<AppState>>,
     who: Option<Extension<Caller>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<SandboxList>, Failure> {
-    Ok(Json(SandboxList {
-        sandboxes: st.sandboxes.list(&st.executor, &caller(who)?),
-    }))
+    let forwarded = headers.contains_key(crate::cluster::FORWARDED);
+    let list = crate::cluster::list_sandboxes(
+        &st,
+        &caller(who)?,
+        headers.get(header::AUTHORIZATION),
+        forwarded,
+    )
+    .await;
+    Ok(Json(list))
 }
 
 /// One of the caller's sandboxes.

@@ -36,11 +36,19 @@ impl TestServer {
     pub async fn start_with_addr(
         tweak: impl FnOnce(&mut Config, std::net::SocketAddr),
     ) -> Option<Self> {
-        let image = image_dir()?;
-        let runtime_root = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::start_on(listener, tweak).await
+    }
+
+    /// As [`TestServer::start_with_addr`], on a listener bound already.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        tweak: impl FnOnce(&mut Config, std::net::SocketAddr),
+    ) -> Option<Self> {
+        let image = image_dir()?;
+        let runtime_root = tempfile::tempdir().expect("tempdir");
         let addr = listener.local_addr().expect("addr");
         let mut config = Config {
             image_dir: Some(image),
