@@ -358,6 +358,19 @@ pub async fn list_sandboxes(
 /// How long a peer may take to resolve, connect and answer a listing.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Removes the hop-by-hop headers; `keep_te` keeps `te` (gRPC's `te: trailers`
+/// must reach the next hop).
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap, keep_te: bool) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| hop_by_hop(n) && !(keep_te && n.as_str() == "te"))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are the connection's, not the request's.
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
@@ -427,10 +440,7 @@ pub async fn forward_to_owner(
     };
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_2;
-    let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
-    for n in names.iter().filter(|n| hop_by_hop(n) && n.as_str() != "te") {
-        parts.headers.remove(n);
-    }
+    strip_hop_by_hop(&mut parts.headers, true);
     // Under a peer host the authority names the peer Service (what an Istio
     // sidecar routes a headless service's HTTP by: `*.<service>`); its first label
     // is the pod's address, which our connector dials.
@@ -444,10 +454,7 @@ pub async fn forward_to_owner(
     match f.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
-            for n in names.iter().filter(|n| hop_by_hop(n)) {
-                parts.headers.remove(n);
-            }
+            strip_hop_by_hop(&mut parts.headers, false);
             Response::from_parts(parts, Body::new(body))
         }
         Err(e) => {

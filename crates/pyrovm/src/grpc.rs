@@ -141,16 +141,28 @@ impl ExecutionService {
     // tonic's own handler signatures return `Status` by value; boxing here would only move the cost.
     #[allow(clippy::result_large_err)]
     fn command(&self, r: pb::ExecuteRequest) -> Result<tvm_api::ExecuteCommand, Status> {
-        if !self.state.ready.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(core_status(CoreError::ShuttingDown));
-        }
-        validate(to_request(r), self.state.languages, &self.state.bounds).map_err(|e| {
-            self.state.executor.metrics.rejected("invalid");
-            let mut details = ErrorDetails::new();
-            details.add_bad_request_violation(e.code(), e.to_string());
-            Status::with_error_details(tonic::Code::InvalidArgument, e.to_string(), details)
-        })
+        ready(&self.state)?;
+        validate(to_request(r), self.state.languages, &self.state.bounds)
+            .map_err(|e| invalid(&self.state, e))
     }
+}
+
+/// UNAVAILABLE (as `shutting_down`) once shutdown has begun.
+#[allow(clippy::result_large_err)]
+pub(crate) fn ready(state: &AppState) -> Result<(), Status> {
+    if state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(core_status(CoreError::ShuttingDown))
+    }
+}
+
+/// A refused request: INVALID_ARGUMENT with a BadRequest violation naming the code.
+pub(crate) fn invalid(state: &AppState, e: tvm_api::ValidationError) -> Status {
+    state.executor.metrics.rejected("invalid");
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(e.code(), e.to_string());
+    Status::with_error_details(tonic::Code::InvalidArgument, e.to_string(), details)
 }
 
 pub(crate) type EventStream =

@@ -11,7 +11,6 @@
 //! must raise its own decoding limit (tonic's default is 4 MiB).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +19,12 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tvm_api::{
     validate_in_sandbox, validate_sandbox, CreateSandboxRequest, ExecuteCommand, FileListing,
-    SandboxInfo, SandboxLimits, SandboxLimitsRequest, ValidationError,
+    SandboxInfo, SandboxLimits, SandboxLimitsRequest,
 };
 use tvm_http::middleware::Caller;
 use tvm_proto::FileErrorKind;
 
-use crate::core::{CoreError, OutputChunk};
+use crate::core::OutputChunk;
 use crate::grpc::{core_status, event_stream, pb, to_pb, to_request, EventStream};
 use crate::sandbox::SandboxError;
 use crate::server::AppState;
@@ -186,31 +185,14 @@ pub fn sandbox_status(e: SandboxError) -> Status {
 impl SandboxesService {
     // tonic's own handler signatures return `Status` by value; boxing here would only move the cost.
     #[allow(clippy::result_large_err)]
-    fn ready(&self) -> Result<(), Status> {
-        if self.state.ready.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(core_status(CoreError::ShuttingDown))
-        }
-    }
-
-    /// A refused request: INVALID_ARGUMENT with a BadRequest violation (as `Execution`).
-    fn invalid(&self, e: ValidationError) -> Status {
-        self.state.executor.metrics.rejected("invalid");
-        let mut details = ErrorDetails::new();
-        details.add_bad_request_violation(e.code(), e.to_string());
-        Status::with_error_details(tonic::Code::InvalidArgument, e.to_string(), details)
-    }
-
-    #[allow(clippy::result_large_err)]
     fn exec_command(&self, r: Option<pb::ExecuteRequest>) -> Result<ExecuteCommand, Status> {
-        self.ready()?;
+        crate::grpc::ready(&self.state)?;
         validate_in_sandbox(
             to_request(r.unwrap_or_default()),
             self.state.languages,
             &self.state.bounds,
         )
-        .map_err(|e| self.invalid(e))
+        .map_err(|e| crate::grpc::invalid(&self.state, e))
     }
 }
 
@@ -221,14 +203,14 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
         req: Request<pb::CreateSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let who = caller(&req)?;
-        self.ready()?;
+        crate::grpc::ready(&self.state)?;
         let st = &self.state;
         let cmd = validate_sandbox(
             create_request(req.into_inner()),
             &st.bounds,
             &st.sandboxes.settings().bounds,
         )
-        .map_err(|e| self.invalid(e))?;
+        .map_err(|e| crate::grpc::invalid(&self.state, e))?;
         let info = st
             .sandboxes
             .create(&st.executor, &who, cmd)
@@ -386,6 +368,7 @@ impl pb::sandboxes_server::Sandboxes for SandboxesService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::CoreError;
     use crate::sandbox::EndReason;
     use tonic::Code;
     use tvm_api::FileEntry;

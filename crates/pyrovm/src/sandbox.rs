@@ -262,26 +262,18 @@ impl Sandboxes {
     fn sweep(&self) {
         let live: Vec<Arc<Sandbox>> = lock(&self.inner).live.values().cloned().collect();
         for sb in live {
-            let reason = if sb.created_mono.elapsed() >= sb.ttl {
-                Some(EndReason::Ttl)
+            if sb.created_mono.elapsed() >= sb.ttl {
+                self.end(&sb, EndReason::Ttl);
             } else if sb.pid.is_some_and(|p| !process_alive(p)) {
-                Some(EndReason::VmDied)
+                self.end(&sb, EndReason::VmDied);
             } else if sb.idle_for() >= sb.idle {
                 // Idle means no request is running either; holding the sandbox while
                 // it ends keeps one from starting in between.
                 if let Ok(_held) = sb.vm.try_lock() {
                     if sb.idle_for() >= sb.idle {
-                        tracing::info!(sandbox = %sb.id, reason = "idle", "sandbox ended");
                         self.end(&sb, EndReason::Idle);
                     }
                 }
-                None
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                tracing::info!(sandbox = %sb.id, reason = reason.label(), "sandbox ended");
-                self.end(&sb, reason);
             }
         }
     }
@@ -446,6 +438,7 @@ impl Sandboxes {
         if sb.ended.swap(true, Ordering::AcqRel) {
             return None;
         }
+        tracing::info!(sandbox = %sb.id, reason = reason.label(), "sandbox ended");
         {
             let mut inner = lock(&self.inner);
             inner.live.remove(&sb.id);
@@ -675,16 +668,12 @@ impl Sandboxes {
                 Err(SandboxError::File { kind, message })
             }
             Ok(Ok(m)) => Ok(m),
-            Ok(Err(why)) => {
+            lost => {
+                let why = match lost {
+                    Ok(Err(why)) => why,
+                    _ => "the agent did not answer in time".into(),
+                };
                 tracing::warn!(sandbox = %sb.id, %why, "sandbox VM lost during a file request");
-                self.end(sb, EndReason::VmDied);
-                Err(SandboxError::Ended {
-                    id: sb.id.clone(),
-                    reason: EndReason::VmDied,
-                })
-            }
-            Err(_) => {
-                tracing::warn!(sandbox = %sb.id, "sandbox agent did not answer a file request");
                 self.end(sb, EndReason::VmDied);
                 Err(SandboxError::Ended {
                     id: sb.id.clone(),

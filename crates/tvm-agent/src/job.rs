@@ -66,12 +66,7 @@ pub(crate) struct Session {
 impl Session {
     /// Sizes the work dir and makes the sandbox's cgroup.
     pub(crate) fn open(spec: &tvm_proto::SessionSpec) -> Result<Self, JobError> {
-        if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
-            resize_dirs(spec.workdir_bytes)?;
-        } else {
-            prepare_dirs(spec.workdir_bytes)?;
-            PREPARED.store(true, std::sync::atomic::Ordering::Release);
-        }
+        size_dirs(spec.workdir_bytes)?;
         let cgroup = JobCgroup::create_parent("sandbox", spec.memory_bytes, spec.max_processes)
             .map_err(JobError::Cgroup)?;
         Ok(Self {
@@ -91,12 +86,7 @@ pub(crate) fn run(
     let _ = sys::add_entropy(&job.entropy);
     let in_session = session.is_some();
     if !in_session {
-        if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
-            resize_dirs(job.limits.workdir_bytes)?;
-        } else {
-            prepare_dirs(job.limits.workdir_bytes)?;
-            PREPARED.store(true, std::sync::atomic::Ordering::Release);
-        }
+        size_dirs(job.limits.workdir_bytes)?;
     }
     write_file(&job.code_file, &job.code)?;
     for f in &job.files {
@@ -334,6 +324,17 @@ pub(crate) fn prepare_ahead() {
     }
     let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
     let _ = std::fs::create_dir_all("/sys/fs/cgroup/job");
+}
+
+/// Mounts the work dirs with this size, or resizes them if mounted already.
+fn size_dirs(workdir_bytes: u64) -> Result<(), JobError> {
+    if PREPARED.load(std::sync::atomic::Ordering::Acquire) {
+        resize_dirs(workdir_bytes)
+    } else {
+        prepare_dirs(workdir_bytes)?;
+        PREPARED.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Gives the mounted work dirs the job's size (a tmpfs remount keeps owner and mode).
