@@ -184,7 +184,7 @@ impl Executor {
         let _inflight = self.metrics.inflight_guard();
         let id = ulid::Ulid::new().to_string();
         let queued_ms = received.elapsed().as_millis() as u64;
-        let spec = self.spec_for(cmd.limits.vcpus, cmd.limits.memory_mb);
+        let spec = self.spec_for(cmd.limits.vcpus, cmd.vm_memory_mb());
         let boot_started = Instant::now();
         let mut vm = match self.acquire_vm(&spec).await {
             Ok(vm) => vm,
@@ -206,7 +206,7 @@ impl Executor {
             vm_start_ms,
             detach_on_cancel: false,
         };
-        let (resp, _) = self.run_job(&mut vm, job, &cmd, live, ctx).await;
+        let (resp, _) = self.run_stages(&mut vm, job, &cmd, live, ctx).await;
         let destroy_started = Instant::now();
         vm.destroy().await;
         tracing::debug!(
@@ -340,7 +340,11 @@ impl Executor {
     }
 
     pub(crate) fn job_for(&self, cmd: &ExecuteCommand) -> Job {
-        self.job_with_code_file(cmd, &cmd.language.file_name)
+        self.job_with_code_file(cmd, &cmd.code_file)
+    }
+
+    pub(crate) fn settings(&self) -> &CoreSettings {
+        &self.settings
     }
 
     /// A job whose code goes to `code_file` (relative to the work dir).
@@ -405,6 +409,9 @@ impl Executor {
             error: None,
             files: None,
             files_truncated: None,
+            compile: None,
+            tests: None,
+            verdict: None,
         }
     }
 
@@ -435,12 +442,15 @@ impl Executor {
             error: Some(msg.to_string()),
             files: None,
             files_truncated: None,
+            compile: None,
+            tests: None,
+            verdict: None,
         }
     }
 }
 
 /// `SIGKILL` for 9; the number itself for signals nix does not name.
-fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| sig.to_string())
@@ -449,11 +459,11 @@ fn signal_name(sig: i32) -> String {
 pub(crate) use tvm_proto::error_chain;
 
 #[derive(Debug, Default)]
-struct Output {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_cut: bool,
-    stderr_cut: bool,
+pub(crate) struct Output {
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stdout_cut: bool,
+    pub(crate) stderr_cut: bool,
 }
 
 impl Output {
@@ -520,7 +530,7 @@ pub(crate) struct JobContext {
     pub detach_on_cancel: bool,
 }
 
-enum Conversation {
+pub(crate) enum Conversation {
     Exited(ExitReport, Output),
     /// The live receiver went away (one-shot only); the VM must be destroyed.
     Cancelled,
@@ -529,7 +539,7 @@ enum Conversation {
     Broken(String),
 }
 
-async fn converse(
+pub(crate) async fn converse(
     vm: &mut Vm,
     job: Job,
     cap: usize,

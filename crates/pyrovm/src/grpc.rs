@@ -65,8 +65,10 @@ pub fn to_request(r: pb::ExecuteRequest) -> ExecuteRequest {
             vcpus: l.vcpus,
             max_output_bytes: l.max_output_bytes,
             max_processes: l.max_processes,
+            ..Default::default()
         },
         files_out: r.files_out,
+        tests: Vec::new(),
     }
 }
 
@@ -77,6 +79,7 @@ fn status_of(s: ExecutionStatus) -> pb::Status {
         ExecutionStatus::MemoryLimit => pb::Status::MemoryLimit,
         ExecutionStatus::OutputLimit => pb::Status::OutputLimit,
         ExecutionStatus::SandboxError => pb::Status::SandboxError,
+        ExecutionStatus::CompileError => pb::Status::SandboxError,
     }
 }
 

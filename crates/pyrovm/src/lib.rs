@@ -15,6 +15,7 @@ pub mod piston;
 pub mod pool;
 pub mod sandbox;
 pub mod server;
+pub mod stages;
 
 // Shared with pyroshell; re-exported under their old paths.
 pub use tvm_http::{listen, middleware};

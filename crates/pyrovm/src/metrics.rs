@@ -198,6 +198,7 @@ impl Metrics {
             ExecutionStatus::MemoryLimit => "memory_limit",
             ExecutionStatus::OutputLimit => "output_limit",
             ExecutionStatus::SandboxError => "sandbox_error",
+            ExecutionStatus::CompileError => "compile_error",
         };
         self.executions
             .get_or_create(&StatusLabel {

@@ -193,6 +193,7 @@ pub fn to_request(p: PistonRequest, table: &LanguageTable) -> Result<ExecuteRequ
             ..RequestLimits::default()
         },
         files_out: Vec::new(),
+        tests: Vec::new(),
     })
 }
 
@@ -304,7 +305,9 @@ pub async fn execute(
             (Some("EL"), Some("stderr length exceeded".into()))
         }
         ExecutionStatus::OutputLimit => (Some("OL"), Some("stdout length exceeded".into())),
-        ExecutionStatus::SandboxError => (Some("XX"), resp.error.clone()),
+        ExecutionStatus::SandboxError | ExecutionStatus::CompileError => {
+            (Some("XX"), resp.error.clone())
+        }
     };
     let signal = resp
         .signal

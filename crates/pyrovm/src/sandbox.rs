@@ -612,7 +612,13 @@ impl Sandboxes {
         // The code goes to a hidden name in the work dir (so the language's module
         // resolution still sees the work dir) that never clobbers a user's file;
         // the agent removes it after the exec.
-        let code_file = format!(".tvm-exec-{}", cmd.language.file_name);
+        // Java's file must carry its public class's name (javac insists), so it
+        // keeps that name; it is removed after the exec all the same.
+        let code_file = if cmd.language.public_class_file {
+            cmd.code_file.clone()
+        } else {
+            format!(".tvm-exec-{}", cmd.code_file)
+        };
         let mut job = executor.job_with_code_file(&cmd, &code_file);
         job.files.clear();
         let mut env = sb.env.clone();
@@ -626,7 +632,7 @@ impl Sandboxes {
             detach_on_cancel: true,
         };
         let (resp, usable) = match guard.as_mut() {
-            Some(vm) => executor.run_job(vm, job, &cmd, live, ctx).await,
+            Some(vm) => executor.run_stages(vm, job, &cmd, live, ctx).await,
             None => (
                 executor.sandbox_error(ctx.id, "the sandbox has ended", received, 0, 0),
                 false,

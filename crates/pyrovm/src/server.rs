@@ -322,6 +322,8 @@ pub(crate) async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<Langu
                 version: l.version.clone(),
                 file_name: l.file_name.clone(),
                 aliases: l.aliases.clone(),
+                extensions: l.extensions.clone(),
+                compiled: l.compiles(),
             })
             .collect(),
     )

@@ -11,9 +11,17 @@ pub(crate) struct JobCgroup {
 }
 
 impl JobCgroup {
-    /// The job's cgroup (`job`).
+    /// A one-shot job's cgroup: `job` for the first (made ahead of time by
+    /// `prepare_ahead`), `job2`, `job3`, ... for later jobs of the same VM.
     pub(crate) fn create(memory_bytes: u64, max_processes: u32) -> std::io::Result<Self> {
-        Self::create_named("job", memory_bytes, max_processes)
+        static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let name = if n == 1 {
+            "job".to_string()
+        } else {
+            format!("job{n}")
+        };
+        Self::create_named(&name, memory_bytes, max_processes)
     }
 
     /// A cgroup named `name` under the root, with memory and pids limits; an OOM

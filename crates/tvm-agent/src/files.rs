@@ -21,8 +21,8 @@ use tvm_proto::{
 /// A refused or failed file operation, as it goes back to the host.
 #[derive(Debug)]
 pub(crate) struct FileError {
-    pub kind: FileErrorKind,
-    pub message: String,
+    pub(crate) kind: FileErrorKind,
+    pub(crate) message: String,
 }
 
 impl FileError {

@@ -104,6 +104,9 @@ pub(crate) fn run(
                 .map_err(JobError::Cgroup)?;
             (cg, s.workdir_bytes)
         }
+        // A one-shot VM may run several jobs (a compile, then the program or each
+        // test case): each gets a cgroup of its own, so its limits and its OOM
+        // count are its own.
         None => (
             JobCgroup::create(job.limits.memory_bytes, job.limits.max_processes)
                 .map_err(JobError::Cgroup)?,
@@ -252,6 +255,8 @@ pub(crate) fn run(
     };
     if in_session {
         cg.remove_if_empty();
+    } else {
+        cg.remove();
     }
     Ok(ExitReport {
         outcome,

@@ -6,6 +6,7 @@
 
 mod boot;
 mod cgroup;
+mod checkpoint;
 mod drain;
 mod files;
 mod job;
@@ -80,12 +81,20 @@ fn serve_until_work<T: std::io::Read + std::io::Write>(
     }
 }
 
+/// What lives between requests: the sandbox (after `Open`) and the last checkpoint.
+#[derive(Default)]
+struct State {
+    session: Option<job::Session>,
+    checkpoint: Option<checkpoint::Checkpoint>,
+}
+
 /// Answers one request; `Err` only when the channel itself failed.
 fn serve_one<T: std::io::Read + std::io::Write>(
     msg: HostMsg,
-    session: &mut Option<job::Session>,
+    state: &mut State,
     ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
 ) -> Result<(), tvm_proto::CodecError> {
+    let session = &mut state.session;
     let reply = match msg {
         HostMsg::Run(job) => {
             let r = job::run(&job, session.as_mut(), &mut |m| ch.send(m));
@@ -124,6 +133,22 @@ fn serve_one<T: std::io::Read + std::io::Write>(
         HostMsg::Collect(c) => match files::collect(&c.patterns, c.max_files, c.max_bytes) {
             Ok((files, truncated)) => GuestMsg::Collected { files, truncated },
             Err(e) => e.into_msg(),
+        },
+        HostMsg::Checkpoint { max_bytes } => match checkpoint::Checkpoint::take(max_bytes) {
+            Ok(cp) => {
+                state.checkpoint = Some(cp);
+                GuestMsg::Done
+            }
+            Err(e) => e.into_msg(),
+        },
+        HostMsg::Rewind => match &state.checkpoint {
+            Some(cp) => match cp.restore() {
+                Ok(()) => GuestMsg::Done,
+                Err(e) => e.into_msg(),
+            },
+            None => GuestMsg::Failed {
+                message: "rewind without a checkpoint".into(),
+            },
         },
         HostMsg::Warm(_) | HostMsg::Resume(_) => GuestMsg::Failed {
             message: "warm-up and resume come before any work".into(),
@@ -180,10 +205,10 @@ pub fn run_as_init() -> i32 {
             }
         }
     };
-    let mut session = None;
+    let mut state = State::default();
     let mut next = Some(first);
     while let Some(msg) = next.take() {
-        if let Err(e) = serve_one(msg, &mut session, &mut ch) {
+        if let Err(e) = serve_one(msg, &mut state, &mut ch) {
             eprintln!("tvm-agent: cannot answer: {}", error_chain(&e));
             return 5;
         }

@@ -7,18 +7,21 @@ mod languages;
 mod sandbox;
 mod types;
 mod validate;
+mod verdict;
 
-pub use languages::{Language, LanguageError, LanguageTable};
+pub use languages::{public_class, Language, LanguageError, LanguageTable};
 pub use sandbox::{
     parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,
     FileWritten, SandboxBounds, SandboxCommand, SandboxInfo, SandboxLimits, SandboxLimitsRequest,
     SandboxList,
 };
 pub use types::{
-    ApiError, ErrorBody, ExecuteRequest, ExecuteResponse, ExecutionStatus, FileEncoding, InputFile,
-    LanguageInfo, OutputFile, RequestLimits, StreamExit, Timings, Utf8Chunker,
+    ApiError, CaseLimits, CaseResult, ErrorBody, ExecuteRequest, ExecuteResponse, ExecutionStatus,
+    FileEncoding, InputFile, LanguageInfo, OutputFile, RequestLimits, StageResult, StreamExit,
+    TestCase, Timings, Utf8Chunker, Verdict,
 };
 pub use validate::{
-    check_glob, parse_execute, validate, validate_in_sandbox, Bound, ExecuteCommand, LimitBounds,
-    Limits, ValidationError,
+    check_glob, parse_execute, validate, validate_in_sandbox, Bound, CaseCommand, ExecuteCommand,
+    LimitBounds, Limits, ValidationError,
 };
+pub use verdict::{judge, normalise_output, output_matches, overall};

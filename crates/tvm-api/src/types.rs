@@ -24,6 +24,42 @@ pub struct ExecuteRequest {
     /// directory): the matching regular files come back in the response's `files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_out: Vec<String>,
+    /// Test cases: the program is compiled once and run once per case, each in a
+    /// fresh copy of the compiled work dir, each with its own result and verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestCase>,
+}
+
+/// One test case of a request's `tests`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Arguments for this case (the request's own `args` are not used with `tests`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// What stdout must be, compared with trailing whitespace normalised (see
+    /// `verdict`); without it a case that exits 0 is `accepted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_stdout: Option<String>,
+    /// This case's limits; absent ones are the request's.
+    #[serde(default)]
+    pub limits: CaseLimits,
+}
+
+/// The limits one test case may set for itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaseLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u32>,
 }
 
 /// A file returned by `files_out` (always base64).
@@ -68,6 +104,12 @@ pub struct RequestLimits {
     pub max_output_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_processes: Option<u32>,
+    /// Deadline of the compile stage (languages that compile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile_timeout_ms: Option<u64>,
+    /// Memory limit of the compile stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -80,6 +122,56 @@ pub enum ExecutionStatus {
     OutputLimit,
     /// The VM or the agent failed; the request may be retried.
     SandboxError,
+    /// The compiler failed (or ran out of time or memory); `compile` says how. The
+    /// program did not run.
+    CompileError,
+}
+
+/// How the compile stage ended. `status` is how the compiler itself ended
+/// (`completed` with its exit code, or `timeout`, `memory_limit`, `output_limit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StageResult {
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// A test case's judgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Exited 0 and, if `expected_stdout` was given, printed it.
+    Accepted,
+    /// Exited 0 but printed something else.
+    WrongAnswer,
+    /// Ran past its `timeout_ms`.
+    TimeLimit,
+    /// Ran out of its `memory_mb`.
+    MemoryLimit,
+    /// Exited non-zero, was killed by a signal, or printed past `max_output_bytes`.
+    RuntimeError,
+}
+
+/// The result of one test case, in the order of `tests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CaseResult {
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+    /// `null` only when the case could not be judged (`sandbox_error`).
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -113,15 +205,33 @@ pub struct ExecuteResponse {
     /// Whether the count or size cap of `files_out` left matching files out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_truncated: Option<bool>,
+    /// The compile stage, for languages that compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile: Option<StageResult>,
+    /// One result per test case, when the request had `tests` (the top-level
+    /// stdout and stderr are then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<Vec<CaseResult>>,
+    /// With `tests`: `accepted` if every case was, else the first other verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// One entry of `GET /v1/languages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanguageInfo {
     pub name: String,
+    /// Version of the runtime or compiler installed in the guest image (the table's
+    /// version prefix when the image's manifest is not at hand).
     pub version: String,
     pub file_name: String,
     pub aliases: Vec<String>,
+    /// File extensions `tvm run` maps to this language.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Whether a compile stage runs before the program.
+    #[serde(default)]
+    pub compiled: bool,
 }
 
 /// `{"error": {"code": "...", "message": "..."}}`
@@ -154,6 +264,8 @@ pub struct StreamExit {
     pub files: Option<Vec<OutputFile>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_truncated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile: Option<StageResult>,
 }
 
 impl From<&ExecuteResponse> for StreamExit {
@@ -170,6 +282,7 @@ impl From<&ExecuteResponse> for StreamExit {
             error: r.error.clone(),
             files: r.files.clone(),
             files_truncated: r.files_truncated,
+            compile: r.compile.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tvm_proto::{check_relative_path, JobFile};
 
 use crate::languages::{Language, LanguageTable};
-use crate::types::{ExecuteRequest, FileEncoding};
+use crate::types::{ExecuteRequest, FileEncoding, TestCase};
 
 /// A request that passed validation: everything resolved, every limit in range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,38 @@ pub struct ExecuteCommand {
     pub limits: Limits,
     /// Globs of files to return (checked by [`check_glob`]); empty: none.
     pub files_out: Vec<String>,
+    /// Name of the code file in the work dir (the language's `file_name`, or for
+    /// Java the public class's file).
+    pub code_file: String,
+    /// Test cases; empty: the program runs once with `stdin` and `args`.
+    pub tests: Vec<CaseCommand>,
+}
+
+/// One validated test case: its input and its own resolved limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseCommand {
+    pub stdin: Vec<u8>,
+    pub args: Vec<String>,
+    pub expected_stdout: Option<String>,
+    pub limits: Limits,
+}
+
+impl ExecuteCommand {
+    /// Guest memory the job needs: the largest of the run limit, the compile limit
+    /// (if the language compiles) and every test case's limit.
+    pub fn vm_memory_mb(&self) -> u64 {
+        let compile = if self.language.compiles() {
+            self.limits.compile_memory_mb
+        } else {
+            0
+        };
+        self.tests
+            .iter()
+            .map(|c| c.limits.memory_mb)
+            .chain([self.limits.memory_mb, compile])
+            .max()
+            .unwrap_or(self.limits.memory_mb)
+    }
 }
 
 /// Resolved limits of one execution.
@@ -34,6 +66,9 @@ pub struct Limits {
     pub vcpus: u32,
     pub max_output_bytes: u64,
     pub max_processes: u32,
+    /// Deadline and memory of the compile stage (used only by languages that compile).
+    pub compile_timeout_ms: u64,
+    pub compile_memory_mb: u64,
 }
 
 /// One limit's default and accepted range.
@@ -54,6 +89,12 @@ pub struct LimitBounds {
     pub vcpus: Bound,
     pub max_output_bytes: Bound,
     pub max_processes: Bound,
+    /// The compile stage's deadline: generous, since under software emulation
+    /// (TCG) a C++ or Rust compile takes seconds.
+    pub compile_timeout_ms: Bound,
+    pub compile_memory_mb: Bound,
+    /// Test cases one request may carry.
+    pub max_tests: usize,
     pub max_code_bytes: usize,
     pub max_stdin_bytes: usize,
     pub max_files: usize,
@@ -95,6 +136,17 @@ impl Default for LimitBounds {
                 min: 1,
                 max: 1024,
             },
+            compile_timeout_ms: Bound {
+                default: 60_000,
+                min: 100,
+                max: 300_000,
+            },
+            compile_memory_mb: Bound {
+                default: 256,
+                min: 32,
+                max: 2048,
+            },
+            max_tests: 32,
             max_code_bytes: 1 << 20,
             max_stdin_bytes: 1 << 20,
             max_files: 64,
@@ -146,6 +198,8 @@ pub enum ValidationError {
     },
     #[error("limits.{0} is set once for the whole sandbox, when it is created")]
     SandboxLimit(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 impl ValidationError {
@@ -158,7 +212,7 @@ impl ValidationError {
             Self::TooLarge { .. } | Self::TooMany { .. } => "input_too_large",
             Self::InvalidBase64 { .. } => "invalid_base64",
             Self::InvalidPath { .. } | Self::InvalidGlob { .. } => "invalid_path",
-            Self::SandboxLimit(_) => "invalid_argument",
+            Self::SandboxLimit(_) | Self::Conflict(_) => "invalid_argument",
             Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
         }
     }
@@ -246,7 +300,18 @@ pub fn validate(
             l.max_processes.map(u64::from),
             bounds.max_processes,
         )? as u32,
+        compile_timeout_ms: bounded(
+            "compile_timeout_ms",
+            l.compile_timeout_ms,
+            bounds.compile_timeout_ms,
+        )?,
+        compile_memory_mb: bounded(
+            "compile_memory_mb",
+            l.compile_memory_mb,
+            bounds.compile_memory_mb,
+        )?,
     };
+    let tests = check_tests(&req, limits, bounds)?;
     if req.code.len() > bounds.max_code_bytes {
         return Err(ValidationError::TooLarge {
             what: "code".into(),
@@ -260,23 +325,7 @@ pub fn validate(
             max: bounds.max_stdin_bytes,
         });
     }
-    if req.args.len() > bounds.max_args {
-        return Err(ValidationError::TooMany {
-            what: "args",
-            max: bounds.max_args,
-        });
-    }
-    for (i, a) in req.args.iter().enumerate() {
-        if a.contains('\0') {
-            return Err(ValidationError::NulByte(format!("args[{i}]")));
-        }
-        if a.len() > bounds.max_arg_bytes {
-            return Err(ValidationError::TooLarge {
-                what: format!("args[{i}]"),
-                max: bounds.max_arg_bytes,
-            });
-        }
-    }
+    check_args("args", &req.args, bounds)?;
     check_env(&req.env, bounds)?;
     if req.files.len() > bounds.max_files {
         return Err(ValidationError::TooMany {
@@ -284,7 +333,8 @@ pub fn validate(
             max: bounds.max_files,
         });
     }
-    let mut seen = HashSet::from([language.file_name.clone()]);
+    let code_file = language.code_file_for(&req.code);
+    let mut seen = HashSet::from([code_file.clone()]);
     let mut files = Vec::with_capacity(req.files.len());
     let mut total = 0usize;
     for (index, f) in req.files.into_iter().enumerate() {
@@ -318,7 +368,7 @@ pub fn validate(
             content,
         });
     }
-    if let Some((index, path, other)) = conflicting_path(&language.file_name, &files) {
+    if let Some((index, path, other)) = conflicting_path(&code_file, &files) {
         return Err(ValidationError::InvalidPath {
             index,
             path,
@@ -347,7 +397,114 @@ pub fn validate(
         files,
         limits,
         files_out: req.files_out,
+        code_file,
+        tests,
     })
+}
+
+fn check_args(what: &str, args: &[String], bounds: &LimitBounds) -> Result<(), ValidationError> {
+    if args.len() > bounds.max_args {
+        return Err(ValidationError::TooMany {
+            what: "args",
+            max: bounds.max_args,
+        });
+    }
+    for (i, a) in args.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(ValidationError::NulByte(format!("{what}[{i}]")));
+        }
+        if a.len() > bounds.max_arg_bytes {
+            return Err(ValidationError::TooLarge {
+                what: format!("{what}[{i}]"),
+                max: bounds.max_arg_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The request's test cases, each with its limits resolved against the request's.
+fn check_tests(
+    req: &ExecuteRequest,
+    base: Limits,
+    bounds: &LimitBounds,
+) -> Result<Vec<CaseCommand>, ValidationError> {
+    if req.tests.is_empty() {
+        return Ok(Vec::new());
+    }
+    if req.tests.len() > bounds.max_tests {
+        return Err(ValidationError::TooMany {
+            what: "tests",
+            max: bounds.max_tests,
+        });
+    }
+    if !req.args.is_empty() || req.stdin.is_some() {
+        return Err(ValidationError::Conflict(
+            "with tests, give each case its own stdin and args (not the request's)",
+        ));
+    }
+    if !req.files_out.is_empty() {
+        return Err(ValidationError::Conflict(
+            "files_out cannot be combined with tests (each case has its own work dir)",
+        ));
+    }
+    let mut total_stdin = 0usize;
+    req.tests
+        .iter()
+        .enumerate()
+        .map(|(i, t): (usize, &TestCase)| {
+            let pick = |v: Option<u64>, base: u64| Some(v.unwrap_or(base));
+            let limits = Limits {
+                timeout_ms: bounded(
+                    "tests[].limits.timeout_ms",
+                    pick(t.limits.timeout_ms, base.timeout_ms),
+                    bounds.timeout_ms,
+                )?,
+                memory_mb: bounded(
+                    "tests[].limits.memory_mb",
+                    pick(t.limits.memory_mb, base.memory_mb),
+                    bounds.memory_mb,
+                )?,
+                max_output_bytes: bounded(
+                    "tests[].limits.max_output_bytes",
+                    pick(t.limits.max_output_bytes, base.max_output_bytes),
+                    bounds.max_output_bytes,
+                )?,
+                max_processes: bounded(
+                    "tests[].limits.max_processes",
+                    pick(
+                        t.limits.max_processes.map(u64::from),
+                        u64::from(base.max_processes),
+                    ),
+                    bounds.max_processes,
+                )? as u32,
+                ..base
+            };
+            let stdin = t.stdin.clone().unwrap_or_default().into_bytes();
+            total_stdin += stdin.len();
+            if total_stdin > bounds.max_stdin_bytes {
+                return Err(ValidationError::TooLarge {
+                    what: "tests[].stdin (in total)".into(),
+                    max: bounds.max_stdin_bytes,
+                });
+            }
+            if let Some(e) = &t.expected_stdout {
+                if e.len() > base.max_output_bytes as usize {
+                    return Err(ValidationError::TooLarge {
+                        what: format!("tests[{i}].expected_stdout"),
+                        max: base.max_output_bytes as usize,
+                    });
+                }
+            }
+            check_args(&format!("tests[{i}].args"), &t.args, bounds)?;
+            Ok(CaseCommand {
+                stdin,
+                args: t.args.clone(),
+                expected_stdout: t.expected_stdout.clone(),
+                limits,
+            })
+        })
+        .collect()
 }
 
 /// A file whose path has another file of the set as a directory (`a` and `a/b`):
@@ -399,8 +556,14 @@ pub fn validate_in_sandbox(
     bounds: &LimitBounds,
 ) -> Result<ExecuteCommand, ValidationError> {
     let l = &req.limits;
+    if !req.tests.is_empty() {
+        return Err(ValidationError::Conflict(
+            "tests run in a fresh VM of their own: use POST /v1/execute",
+        ));
+    }
     for (name, set) in [
         ("memory_mb", l.memory_mb.is_some()),
+        ("compile_memory_mb", l.compile_memory_mb.is_some()),
         ("vcpus", l.vcpus.is_some()),
         ("max_processes", l.max_processes.is_some()),
     ] {
@@ -580,6 +743,89 @@ mod tests {
         let e = validate_in_sandbox(r, t, &b).unwrap_err();
         assert_eq!(e.code(), "invalid_argument");
         assert!(e.to_string().contains("memory_mb"), "{e}");
+    }
+
+    #[test]
+    fn compile_limits_have_their_own_bounds() {
+        let cmd = check(req("c", "int main(){}")).unwrap();
+        let d = LimitBounds::default();
+        assert_eq!(cmd.limits.compile_timeout_ms, d.compile_timeout_ms.default);
+        assert_eq!(cmd.limits.compile_memory_mb, d.compile_memory_mb.default);
+        let mut r = req("c", "");
+        r.limits.compile_memory_mb = Some(1024);
+        let cmd = check(r).unwrap();
+        assert_eq!(cmd.vm_memory_mb(), 1024, "the VM fits the compiler");
+        // An interpreted language ignores the compile limits for the VM's size.
+        let mut r = req("python", "");
+        r.limits.compile_memory_mb = Some(1024);
+        assert_eq!(check(r).unwrap().vm_memory_mb(), d.memory_mb.default);
+        let mut r = req("c", "");
+        r.limits.compile_timeout_ms = Some(d.compile_timeout_ms.max + 1);
+        let e = check(r).unwrap_err();
+        assert!(e.to_string().contains("compile_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn java_code_file_follows_the_public_class() {
+        let cmd = check(req("java", "public class Solver { }")).unwrap();
+        assert_eq!(cmd.code_file, "Solver.java");
+        let mut r = req("java", "public class Solver { }");
+        r.files.push(InputFile {
+            path: "Solver.java".into(),
+            content: "x".into(),
+            encoding: FileEncoding::Utf8,
+        });
+        assert!(matches!(check(r), Err(ValidationError::InvalidPath { .. })));
+        assert_eq!(check(req("c", "")).unwrap().code_file, "main.c");
+    }
+
+    #[test]
+    fn test_cases_take_the_request_limits_unless_they_set_their_own() {
+        use crate::types::{CaseLimits, TestCase};
+        let mut r = req("python", "print(input())");
+        r.limits.timeout_ms = Some(5000);
+        r.tests = vec![
+            TestCase {
+                stdin: Some("1".into()),
+                expected_stdout: Some("1".into()),
+                ..Default::default()
+            },
+            TestCase {
+                args: vec!["x".into()],
+                limits: CaseLimits {
+                    timeout_ms: Some(700),
+                    memory_mb: Some(512),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ];
+        let cmd = check(r.clone()).unwrap();
+        assert_eq!(cmd.tests.len(), 2);
+        assert_eq!(cmd.tests[0].limits.timeout_ms, 5000);
+        assert_eq!(cmd.tests[0].stdin, b"1");
+        assert_eq!(cmd.tests[1].limits.timeout_ms, 700);
+        assert_eq!(cmd.tests[1].args, ["x"]);
+        assert_eq!(cmd.vm_memory_mb(), 512);
+
+        let mut bad = r.clone();
+        bad.tests[1].limits.timeout_ms = Some(1);
+        let e = check(bad).unwrap_err();
+        assert!(e.to_string().contains("tests[].limits.timeout_ms"), "{e}");
+        let mut bad = r.clone();
+        bad.stdin = Some("x".into());
+        assert!(matches!(check(bad), Err(ValidationError::Conflict(_))));
+        let mut bad = r.clone();
+        bad.files_out = vec!["*.txt".into()];
+        assert!(matches!(check(bad), Err(ValidationError::Conflict(_))));
+        let mut bad = r.clone();
+        bad.tests = vec![TestCase::default(); LimitBounds::default().max_tests + 1];
+        assert!(matches!(check(bad), Err(ValidationError::TooMany { .. })));
+        let bad = r.clone();
+        assert!(matches!(
+            validate_in_sandbox(bad, LanguageTable::builtin(), &LimitBounds::default()),
+            Err(ValidationError::Conflict(_))
+        ));
     }
 
     #[test]

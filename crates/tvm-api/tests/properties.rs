@@ -60,6 +60,7 @@ fn limits_in_range() -> impl Strategy<Value = RequestLimits> {
             vcpus: v.map(|v| v as u32),
             max_output_bytes: o,
             max_processes: p.map(|p| p as u32),
+            ..Default::default()
         })
 }
 
@@ -127,6 +128,7 @@ fn valid_request() -> impl Strategy<Value = ExecuteRequest> {
                 files,
                 limits,
                 files_out: Vec::new(),
+                tests: Vec::new(),
             }
         })
 }

@@ -150,5 +150,6 @@ fn exit_code_for(
             1,
             Some(format!("sandbox error: {}", error.unwrap_or("unknown"))),
         ),
+        S::CompileError => (1, Some("compile error; the program did not run".into())),
     }
 }

@@ -127,6 +127,7 @@ impl From<LimitArgs> for RequestLimits {
             vcpus: l.vcpus,
             max_output_bytes: l.max_output_bytes,
             max_processes: l.max_processes,
+            ..Default::default()
         }
     }
 }

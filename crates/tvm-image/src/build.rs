@@ -384,6 +384,9 @@ fn rootfs(
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
         .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg("--dpkgopt=path-include=/usr/share/locale/locale.alias")
+        // OpenJDK's postinst registers its man pages with update-alternatives, which
+        // fails when the (excluded) man dir does not exist.
+        .arg("--essential-hook=mkdir -p \"$1/usr/share/man/man1\"")
         .arg(format!(
             "--customize-hook=chroot \"$1\" useradd --uid {uid} --user-group --no-create-home --home-dir /work --shell /bin/bash sandbox",
             uid = tvm_proto_uid()

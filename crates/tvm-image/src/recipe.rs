@@ -8,7 +8,7 @@ pub const KERNEL_FRAGMENT: &str = include_str!("../../../guest/kernel/tvm.config
 
 /// Bump when the build steps themselves change in a way that alters outputs.
 const KERNEL_RECIPE_VERSION: &str = "kernel-v1";
-const ROOTFS_RECIPE_VERSION: &str = "rootfs-v1";
+const ROOTFS_RECIPE_VERSION: &str = "rootfs-v2";
 
 /// Debian suite the rootfs is built from.
 pub const SUITE: &str = "bookworm";

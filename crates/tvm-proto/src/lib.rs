@@ -22,6 +22,11 @@
 //! sandbox [`HostMsg::Open`] followed by any number of `Run`, `WriteFile`,
 //! `ReadFile` and `ListDir`. Requests are strictly one at a time: the host sends
 //! the next only after the answer to the previous one has ended.
+//!
+//! A compiled language (version 4) is two jobs in one VM: the compiler's `Run`, then
+//! the program's. Test cases add [`HostMsg::Checkpoint`] after the compile and
+//! [`HostMsg::Rewind`] before every case but the first, so each case starts from
+//! the compiled work dir and sees nothing another case wrote.
 
 mod codec;
 mod messages;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire format; a frame with any other version is rejected.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What travels in every frame: the version and one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,13 @@ pub enum HostMsg {
     /// (glob syntax; `*` stays within one directory, `**` crosses them), up to
     /// `max_files` and `max_bytes` in total. Answered by `Collected`.
     Collect(CollectSpec),
+    /// Keep a copy of the work dir as it is now (at most `max_bytes` of file data),
+    /// for `Rewind`. Answered by `Done`, or `FileError` (`too_large`) and nothing kept.
+    Checkpoint { max_bytes: u64 },
+    /// Empty the work dir and /tmp and put the last checkpoint back, so the next job
+    /// starts from it (each test case of a compiled program). Answered by `Done` or
+    /// `FileError`.
+    Rewind,
     /// Before a snapshot: run these fixed commands (never user code) so the files the
     /// language runtimes start from are in the guest's page cache; answered by `Ready`.
     Warm(WarmUp),
