@@ -42,6 +42,7 @@ bench: guest-image
 	@command -v bwrap >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap
 	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/bench.py
 	TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/gateway-bench.py
+	@missing=$$(for p in gcc g++ rustc golang-1.19-go openjdk-17-jdk-headless esbuild nodejs ruby php-cli perl lua5.4; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); if [ -n "$$missing" ]; then echo "==> host toolchains for lang-bench:" $$missing; $(SUDO) apt-get update -q; for p in $$missing; do $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$p || echo "==> $$p not installed: lang-bench reports it as 'host: not installed'"; done; fi; echo "TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/lang-bench.py"; TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/lang-bench.py
 
 deps:
 	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

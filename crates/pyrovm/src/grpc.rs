@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tvm_api::{
-    validate, ExecuteRequest, ExecuteResponse, ExecutionStatus, FileEncoding, InputFile,
-    RequestLimits,
+    validate, CaseLimits, CaseResult, ExecuteRequest, ExecuteResponse, ExecutionStatus,
+    FileEncoding, InputFile, RequestLimits, StageResult, TestCase, Verdict,
 };
 
 use crate::core::{relay_live, CoreError, OutputChunk};
@@ -65,10 +65,26 @@ pub fn to_request(r: pb::ExecuteRequest) -> ExecuteRequest {
             vcpus: l.vcpus,
             max_output_bytes: l.max_output_bytes,
             max_processes: l.max_processes,
-            ..Default::default()
+            compile_timeout_ms: l.compile_timeout_ms,
+            compile_memory_mb: l.compile_memory_mb,
         },
         files_out: r.files_out,
-        tests: Vec::new(),
+        tests: r.tests.into_iter().map(to_case).collect(),
+    }
+}
+
+fn to_case(c: pb::TestCase) -> TestCase {
+    let l = c.limits.unwrap_or_default();
+    TestCase {
+        stdin: c.stdin,
+        args: c.args,
+        expected_stdout: c.expected_stdout,
+        limits: CaseLimits {
+            timeout_ms: l.timeout_ms,
+            memory_mb: l.memory_mb,
+            max_output_bytes: l.max_output_bytes,
+            max_processes: l.max_processes,
+        },
     }
 }
 
@@ -79,10 +95,52 @@ fn status_of(s: ExecutionStatus) -> pb::Status {
         ExecutionStatus::MemoryLimit => pb::Status::MemoryLimit,
         ExecutionStatus::OutputLimit => pb::Status::OutputLimit,
         ExecutionStatus::SandboxError => pb::Status::SandboxError,
-        ExecutionStatus::CompileError => pb::Status::SandboxError,
+        ExecutionStatus::CompileError => pb::Status::CompileError,
     }
 }
 
+fn verdict_of(v: Option<Verdict>) -> pb::Verdict {
+    match v {
+        None => pb::Verdict::Unspecified,
+        Some(Verdict::Accepted) => pb::Verdict::Accepted,
+        Some(Verdict::WrongAnswer) => pb::Verdict::WrongAnswer,
+        Some(Verdict::TimeLimit) => pb::Verdict::TimeLimit,
+        Some(Verdict::MemoryLimit) => pb::Verdict::MemoryLimit,
+        Some(Verdict::RuntimeError) => pb::Verdict::RuntimeError,
+    }
+}
+
+fn stage_to_pb(s: &StageResult) -> pb::StageResult {
+    pb::StageResult {
+        status: status_of(s.status) as i32,
+        exit_code: s.exit_code,
+        signal: s.signal.clone(),
+        stdout: s.stdout.clone().into_bytes(),
+        stderr: s.stderr.clone().into_bytes(),
+        stdout_truncated: s.stdout_truncated,
+        stderr_truncated: s.stderr_truncated,
+        duration_ms: s.duration_ms,
+    }
+}
+
+fn case_to_pb(c: &CaseResult) -> pb::CaseResult {
+    pb::CaseResult {
+        status: status_of(c.status) as i32,
+        exit_code: c.exit_code,
+        signal: c.signal.clone(),
+        stdout: c.stdout.clone().into_bytes(),
+        stderr: c.stderr.clone().into_bytes(),
+        stdout_truncated: c.stdout_truncated,
+        stderr_truncated: c.stderr_truncated,
+        duration_ms: c.duration_ms,
+        verdict: verdict_of(c.verdict) as i32,
+        error: c.error.clone(),
+    }
+}
+
+/// The response as gRPC. Without `with_output` (a stream's `exit` event) the
+/// top-level stdout and stderr are left out, having been streamed; the compile
+/// stage's and the test cases' output never are, so they stay.
 pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
     pb::ExecuteResponse {
         id: r.id.clone(),
@@ -121,6 +179,9 @@ pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
             })
             .collect(),
         files_truncated: r.files_truncated,
+        compile: r.compile.as_ref().map(stage_to_pb),
+        tests: r.tests.iter().flatten().map(case_to_pb).collect(),
+        verdict: verdict_of(r.verdict) as i32,
     }
 }
 
@@ -249,6 +310,8 @@ impl pb::execution_server::Execution for ExecutionService {
                     version: l.version.clone(),
                     file_name: l.file_name.clone(),
                     aliases: l.aliases.clone(),
+                    extensions: l.extensions.clone(),
+                    compiled: l.compiles(),
                 })
                 .collect(),
         }))
@@ -283,4 +346,153 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         routes = routes.add_service(r);
     }
     routes.into_axum_router()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_tests_and_compile_limits() {
+        let r = to_request(pb::ExecuteRequest {
+            language: "c".into(),
+            code: "int main(){}".into(),
+            limits: Some(pb::Limits {
+                compile_timeout_ms: Some(30_000),
+                compile_memory_mb: Some(512),
+                ..Default::default()
+            }),
+            tests: vec![
+                pb::TestCase {
+                    stdin: Some("1\n".into()),
+                    args: vec!["a".into()],
+                    expected_stdout: Some("2\n".into()),
+                    limits: Some(pb::CaseLimits {
+                        timeout_ms: Some(500),
+                        memory_mb: Some(64),
+                        max_output_bytes: Some(10),
+                        max_processes: Some(2),
+                    }),
+                },
+                pb::TestCase::default(),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(r.limits.compile_timeout_ms, Some(30_000));
+        assert_eq!(r.limits.compile_memory_mb, Some(512));
+        assert_eq!(
+            r.tests,
+            [
+                TestCase {
+                    stdin: Some("1\n".into()),
+                    args: vec!["a".into()],
+                    expected_stdout: Some("2\n".into()),
+                    limits: CaseLimits {
+                        timeout_ms: Some(500),
+                        memory_mb: Some(64),
+                        max_output_bytes: Some(10),
+                        max_processes: Some(2),
+                    },
+                },
+                TestCase::default(),
+            ]
+        );
+    }
+
+    fn response(status: ExecutionStatus) -> ExecuteResponse {
+        ExecuteResponse {
+            id: "x".into(),
+            status,
+            exit_code: None,
+            signal: None,
+            stdout: "out".into(),
+            stderr: "err".into(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timings_ms: tvm_api::Timings::default(),
+            backend: "qemu-tcg".into(),
+            error: None,
+            files: None,
+            files_truncated: None,
+            compile: None,
+            tests: None,
+            verdict: None,
+        }
+    }
+
+    fn stage(status: ExecutionStatus, exit_code: i32, stderr: &str) -> StageResult {
+        StageResult {
+            status,
+            exit_code: Some(exit_code),
+            signal: None,
+            stdout: String::new(),
+            stderr: stderr.into(),
+            stdout_truncated: false,
+            stderr_truncated: true,
+            duration_ms: 7,
+        }
+    }
+
+    #[test]
+    fn compile_error_keeps_the_compilers_output_even_without_output() {
+        let mut r = response(ExecutionStatus::CompileError);
+        r.compile = Some(stage(ExecutionStatus::Completed, 1, "main.c:1: error"));
+        let pb = to_pb(&r, false);
+        assert_eq!(pb.status, pb::Status::CompileError as i32);
+        assert!(pb.stdout.is_empty() && pb.stderr.is_empty());
+        let c = pb.compile.expect("compile stage");
+        assert_eq!(c.status, pb::Status::Completed as i32);
+        assert_eq!((c.exit_code, c.duration_ms), (Some(1), 7));
+        assert_eq!(c.stderr, b"main.c:1: error");
+        assert!(c.stderr_truncated && !c.stdout_truncated);
+        assert!(pb.tests.is_empty());
+        assert_eq!(pb.verdict, pb::Verdict::Unspecified as i32);
+    }
+
+    #[test]
+    fn cases_and_verdicts_map() {
+        let case = |verdict: Option<Verdict>, status| CaseResult {
+            status,
+            exit_code: Some(0),
+            signal: None,
+            stdout: "3\n".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 4,
+            verdict,
+            error: None,
+        };
+        let mut r = response(ExecutionStatus::Completed);
+        r.compile = Some(stage(ExecutionStatus::Completed, 0, "warning: x"));
+        r.tests = Some(vec![
+            case(Some(Verdict::Accepted), ExecutionStatus::Completed),
+            case(Some(Verdict::WrongAnswer), ExecutionStatus::Completed),
+            case(Some(Verdict::TimeLimit), ExecutionStatus::Timeout),
+            case(Some(Verdict::MemoryLimit), ExecutionStatus::MemoryLimit),
+            case(Some(Verdict::RuntimeError), ExecutionStatus::OutputLimit),
+            CaseResult {
+                error: Some("lost".into()),
+                ..case(None, ExecutionStatus::SandboxError)
+            },
+        ]);
+        r.verdict = Some(Verdict::WrongAnswer);
+        let pb = to_pb(&r, true);
+        assert_eq!(pb.verdict, pb::Verdict::WrongAnswer as i32);
+        let got: Vec<_> = pb.tests.iter().map(|c| (c.status(), c.verdict())).collect();
+        assert_eq!(
+            got,
+            [
+                (pb::Status::Completed, pb::Verdict::Accepted),
+                (pb::Status::Completed, pb::Verdict::WrongAnswer),
+                (pb::Status::Timeout, pb::Verdict::TimeLimit),
+                (pb::Status::MemoryLimit, pb::Verdict::MemoryLimit),
+                (pb::Status::OutputLimit, pb::Verdict::RuntimeError),
+                (pb::Status::SandboxError, pb::Verdict::Unspecified),
+            ]
+        );
+        assert_eq!(pb.tests[0].stdout, b"3\n");
+        assert_eq!(pb.tests[5].error.as_deref(), Some("lost"));
+        assert_eq!(pb.compile.unwrap().stderr, b"warning: x");
+    }
 }

@@ -152,6 +152,7 @@ impl Service {
         let state = Arc::new(AppState {
             executor,
             languages: LanguageTable::builtin(),
+            versions: tvm_image::installed_versions(&image_dir),
             bounds: config.limits,
             ready: AtomicBool::new(true),
             sandboxes,

@@ -49,6 +49,21 @@ pub struct Metrics {
     sandboxes_active: Gauge,
     sandbox_ends: Family<ReasonLabel, Counter>,
     sandbox_execs: Counter,
+    compiles: Family<StatusLabel, Counter>,
+    test_cases: Family<VerdictLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: String,
+}
+
+/// The snake_case name serde gives a value (its metric label).
+fn label<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 impl Default for Metrics {
@@ -89,6 +104,18 @@ impl Metrics {
             "sandbox_execs",
             "Executions run inside sandboxes (also counted in tvm_executions_total)",
             sandbox_execs.clone(),
+        );
+        let compiles = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "compiles",
+            "Compile stages run, by how the compiler ended (completed with any exit code, timeout, memory_limit, output_limit)",
+            compiles.clone(),
+        );
+        let test_cases = Family::<VerdictLabel, Counter>::default();
+        registry.register(
+            "test_cases",
+            "Test cases run, by verdict (none: could not be judged)",
+            test_cases.clone(),
         );
         let vm_boots = Counter::default();
         registry.register("vm_boots", "VM starts attempted", vm_boots.clone());
@@ -163,6 +190,8 @@ impl Metrics {
             sandboxes_active,
             sandbox_ends,
             sandbox_execs,
+            compiles,
+            test_cases,
         }
     }
 
@@ -205,6 +234,19 @@ impl Metrics {
                 status: status.into(),
             })
             .inc();
+        if let Some(c) = &r.compile {
+            self.compiles
+                .get_or_create(&StatusLabel {
+                    status: label(&c.status),
+                })
+                .inc();
+        }
+        for case in r.tests.iter().flatten() {
+            let verdict = case.verdict.as_ref().map_or_else(|| "none".into(), label);
+            self.test_cases
+                .get_or_create(&VerdictLabel { verdict })
+                .inc();
+        }
         self.duration_seconds
             .observe(r.timings_ms.total as f64 / 1000.0);
         self.output_bytes

@@ -32,11 +32,23 @@ use tvm_http::{error_response, BodyError};
 pub struct AppState {
     pub executor: Arc<Executor>,
     pub languages: &'static LanguageTable,
+    /// Installed version of each language (from the image's manifest).
+    pub versions: std::collections::BTreeMap<String, String>,
     pub bounds: LimitBounds,
     pub ready: AtomicBool,
     pub sandboxes: Arc<crate::sandbox::Sandboxes>,
     /// In a cluster: reaches the other pyrovms (sandbox forwarding, fleet listing).
     pub forwarder: Option<Arc<crate::cluster::Forwarder>>,
+}
+
+impl AppState {
+    /// The installed version of a language, or the table's version prefix.
+    pub fn version_of(&self, l: &tvm_api::Language) -> String {
+        self.versions
+            .get(&l.name)
+            .cloned()
+            .unwrap_or_else(|| l.version.clone())
+    }
 }
 
 /// An error answer; the only place HTTP status codes for failures are chosen
@@ -319,7 +331,7 @@ pub(crate) async fn languages(State(st): State<Arc<AppState>>) -> Json<Vec<Langu
             .iter()
             .map(|l| LanguageInfo {
                 name: l.name.clone(),
-                version: l.version.clone(),
+                version: st.version_of(l),
                 file_name: l.file_name.clone(),
                 aliases: l.aliases.clone(),
                 extensions: l.extensions.clone(),

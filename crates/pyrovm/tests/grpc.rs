@@ -90,8 +90,19 @@ async fn unary_streaming_languages_health_and_reflection() {
         .await
         .unwrap()
         .into_inner();
+    let table = tvm_api::LanguageTable::builtin();
     let names: Vec<_> = langs.languages.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["python", "javascript", "bash"]);
+    let want: Vec<_> = table.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, want);
+    for l in &langs.languages {
+        let t = table.get(&l.name).unwrap();
+        assert_eq!(l.compiled, t.compiles(), "{}", l.name);
+        assert_eq!(l.extensions, t.extensions, "{}", l.name);
+    }
+    let c = langs.languages.iter().find(|l| l.name == "c").unwrap();
+    assert!(c.compiled && c.extensions == ["c"], "{c:?}");
+    let py = langs.languages.iter().find(|l| l.name == "python").unwrap();
+    assert!(!py.compiled, "{py:?}");
 
     // gRPC health checking.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
@@ -217,7 +228,7 @@ async fn tokens_apply_to_grpc_but_not_to_health() {
             .into_inner()
             .languages
             .len(),
-        3
+        tvm_api::LanguageTable::builtin().iter().count()
     );
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     let h = health
@@ -230,5 +241,97 @@ async fn tokens_apply_to_grpc_but_not_to_health() {
         h.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    srv.stop().await;
+}
+
+/// A C program that doubles the number it reads.
+const DOUBLE_C: &str = r#"#include <stdio.h>
+int main(void) {
+  long n = 0;
+  if (scanf("%ld", &n) != 1) return 2;
+  printf("%ld\n", 2 * n);
+  return 0;
+}
+"#;
+
+#[tokio::test]
+async fn compiled_language_test_cases_and_compile_error() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let mut client = ExecutionClient::new(channel(&srv).await);
+    // Software emulation makes the compiler slow: a generous compile deadline.
+    let limits = Some(pb::Limits {
+        timeout_ms: Some(20_000),
+        compile_timeout_ms: Some(120_000),
+        ..Default::default()
+    });
+
+    // One compile, two cases: the first prints what it should, the second not.
+    let mut r = req("c", DOUBLE_C);
+    r.limits = limits;
+    r.tests = vec![
+        pb::TestCase {
+            stdin: Some("21\n".into()),
+            expected_stdout: Some("42".into()),
+            ..Default::default()
+        },
+        pb::TestCase {
+            stdin: Some("2\n".into()),
+            expected_stdout: Some("5\n".into()),
+            limits: Some(pb::CaseLimits {
+                timeout_ms: Some(10_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let resp = client.execute(r).await.unwrap().into_inner();
+    assert_eq!(resp.status(), pb::Status::Completed, "{resp:?}");
+    let compile = resp.compile.as_ref().expect("a compile stage");
+    assert_eq!(compile.status(), pb::Status::Completed, "{resp:?}");
+    assert_eq!(compile.exit_code, Some(0), "{resp:?}");
+    assert_eq!(resp.tests.len(), 2, "{resp:?}");
+    assert_eq!(resp.tests[0].verdict(), pb::Verdict::Accepted, "{resp:?}");
+    assert_eq!(String::from_utf8_lossy(&resp.tests[0].stdout), "42\n");
+    assert_eq!(
+        resp.tests[1].verdict(),
+        pb::Verdict::WrongAnswer,
+        "{resp:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&resp.tests[1].stdout), "4\n");
+    assert_eq!(resp.tests[1].exit_code, Some(0));
+    assert_eq!(resp.verdict(), pb::Verdict::WrongAnswer, "{resp:?}");
+    assert!(resp.stdout.is_empty(), "with tests, no top-level output");
+    srv.assert_no_vms();
+
+    // A compile error: COMPILE_ERROR, the compiler's message in the compile stage,
+    // and the program never ran.
+    let bad = "int main(void) { return undeclared_thing; }\n";
+    let mut r = req("c", bad);
+    r.limits = limits;
+    let resp = client.execute(r.clone()).await.unwrap().into_inner();
+    assert_eq!(resp.status(), pb::Status::CompileError, "{resp:?}");
+    let compile = resp.compile.as_ref().expect("a compile stage");
+    assert_eq!(compile.status(), pb::Status::Completed, "{resp:?}");
+    assert_ne!(compile.exit_code, Some(0), "{resp:?}");
+    let said = String::from_utf8_lossy(&compile.stderr);
+    assert!(said.contains("undeclared_thing"), "{said}");
+    assert_eq!(resp.exit_code, None, "the program must not run: {resp:?}");
+    assert!(resp.stdout.is_empty() && resp.tests.is_empty());
+    assert_eq!(resp.verdict(), pb::Verdict::Unspecified);
+
+    // Streamed: nothing but the exit event, which carries the compile stage whole.
+    let mut stream = client.execute_stream(r).await.unwrap().into_inner();
+    let ev = stream.message().await.unwrap().expect("an exit event");
+    let Some(pb::execute_event::Event::Exit(exit)) = ev.event else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(exit.status(), pb::Status::CompileError, "{exit:?}");
+    let said = String::from_utf8_lossy(&exit.compile.as_ref().unwrap().stderr).into_owned();
+    assert!(said.contains("undeclared_thing"), "{said}");
+    assert!(stream.message().await.unwrap().is_none());
+
+    srv.assert_no_vms();
     srv.stop().await;
 }

@@ -30,6 +30,11 @@ pub struct Language {
     /// The code file is named after its top-level public class (Java).
     #[serde(default)]
     pub public_class_file: bool,
+    /// A shell script run inside the new root filesystem at image build, after
+    /// the packages are installed (e.g. a class-data archive that makes javac start
+    /// faster). Part of the rootfs recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
     /// Fixed commands a snapshot template runs to warm this language's files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warm: Vec<Vec<String>>,

@@ -71,17 +71,20 @@ pub fn call(server: &str, method: reqwest::Method, path: &str, body: Body) -> Ap
     })
 }
 
-pub fn languages(server: &str) -> anyhow::Result<Vec<LanguageInfo>> {
-    let url = url(server, "/v1/languages");
-    rt()?.block_on(async {
-        let resp = reqwest::get(&url)
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        resp.error_for_status()?
-            .json()
-            .await
-            .context("unexpected /v1/languages answer")
-    })
+/// `GET /v1/languages`: the parsed table and the server's own JSON.
+pub fn languages_raw(server: &str) -> ApiResult<(Vec<LanguageInfo>, serde_json::Value)> {
+    let bytes = match call(server, reqwest::Method::GET, "/v1/languages", Body::Empty)? {
+        Ok(b) => b,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let langs = serde_json::from_slice(&bytes).context("unexpected /v1/languages answer")?;
+    let raw = serde_json::from_slice(&bytes).context("unexpected /v1/languages answer")?;
+    Ok(Ok((langs, raw)))
+}
+
+/// `GET /v1/languages`.
+pub fn languages(server: &str) -> ApiResult<Vec<LanguageInfo>> {
+    Ok(languages_raw(server)?.map(|(langs, _)| langs))
 }
 
 /// One Server-Sent Event.

@@ -1,10 +1,12 @@
 //! `tvm`: a thin client and tool binary. Exit codes: `run`/`exec`/`sandbox exec`
-//! mirror the program (see `exec::exit_code_for`); otherwise 0 ok, 1 runtime
-//! failure, 2 usage error or a request the server refused.
+//! mirror the program (see `exec::exit_code_for`; 1 after a compile error, whose
+//! messages go to stderr); otherwise 0 ok, 1 runtime failure, 2 usage error or a
+//! request the server refused.
 
 mod client;
 mod doctor;
 mod exec;
+mod languages;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -53,8 +55,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// List the server's languages.
-    Languages,
+    /// List the server's languages: name, version, whether it compiles, aliases
+    /// and the file extensions `tvm run` maps to it.
+    Languages {
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sandboxes: one microVM kept for several execs and file copies
     ///
     /// For example:
@@ -117,6 +124,12 @@ struct LimitArgs {
     max_output_bytes: Option<u64>,
     #[arg(long)]
     max_processes: Option<u32>,
+    /// Wall-clock limit of the compile stage in milliseconds (languages that compile).
+    #[arg(long)]
+    compile_timeout_ms: Option<u64>,
+    /// Memory limit of the compile stage in MiB.
+    #[arg(long)]
+    compile_memory_mb: Option<u64>,
 }
 
 impl From<LimitArgs> for RequestLimits {
@@ -127,7 +140,8 @@ impl From<LimitArgs> for RequestLimits {
             vcpus: l.vcpus,
             max_output_bytes: l.max_output_bytes,
             max_processes: l.max_processes,
-            ..Default::default()
+            compile_timeout_ms: l.compile_timeout_ms,
+            compile_memory_mb: l.compile_memory_mb,
         }
     }
 }
@@ -153,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let code = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let Some(language) = language.or_else(|| exec::language_of(&file)) else {
+            let Some(language) = language.or_else(|| exec::language_of(&cli.server, &file)) else {
                 eprintln!(
                     "tvm: cannot tell the language of {} from its extension; pass -l",
                     file.display()
@@ -168,19 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limits,
             args,
         } => execute(&cli.server, language, code, limits, args),
-        Cmd::Languages => {
-            let langs = client::languages(&cli.server)?;
-            for l in langs {
-                println!(
-                    "{:<12} {:<8} {:<10} {}",
-                    l.name,
-                    l.version,
-                    l.file_name,
-                    l.aliases.join(", ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Languages { json } => languages::run(&cli.server, json),
         Cmd::Sandbox { cmd } => sandbox::run(&cli.server, cmd),
         Cmd::Doctor => Ok(doctor::run()),
         Cmd::Image {

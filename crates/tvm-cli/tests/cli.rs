@@ -79,3 +79,81 @@ fn unreachable_server_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn compile_errors_and_warnings_go_to_stderr() {
+    let rt = tempfile::tempdir().unwrap();
+    let Some(url) = server(rt.path()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Software emulation makes gcc slow: a generous compile deadline.
+    let slow = ["--compile-timeout-ms", "120000", "--timeout-ms", "20000"];
+
+    let bad = dir.path().join("bad.c");
+    std::fs::write(&bad, "int main(void) { return undeclared_thing; }\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    for stream in [true, false] {
+        let mut args = vec!["run", bad];
+        if !stream {
+            args.push("--no-stream");
+        }
+        args.extend(slow);
+        let (code, out, err) = tvm(&url, &args, "");
+        assert_eq!(code, 1, "stream {stream}: {err}");
+        assert_eq!(out, "", "stream {stream}: nothing ran");
+        assert!(
+            err.contains("undeclared_thing") && err.contains("error"),
+            "stream {stream}: {err}"
+        );
+        assert!(err.contains("the program did not run"), "{err}");
+    }
+
+    // A warning reaches stderr; the program's output is printed as for any language.
+    let good = dir.path().join("warn.c");
+    std::fs::write(
+        &good,
+        "#include <stdio.h>\n#warning tvm-test-warning\nint main(void) { printf(\"%d\\n\", 6 * 7); return 3; }\n",
+    )
+    .unwrap();
+    let mut args = vec!["run", good.to_str().unwrap(), "--no-stream"];
+    args.extend(slow);
+    let (code, out, err) = tvm(&url, &args, "");
+    assert_eq!((code, out.as_str()), (3, "42\n"), "{err}");
+    assert!(err.contains("tvm-test-warning"), "{err}");
+}
+
+#[test]
+fn languages_lists_the_table() {
+    let rt = tempfile::tempdir().unwrap();
+    let Some(url) = server(rt.path()) else { return };
+    let table = tvm_api::LanguageTable::builtin();
+
+    let (code, out, err) = tvm(&url, &["languages"], "");
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), table.iter().count() + 1, "{out}");
+    let header = lines[0];
+    assert!(header.starts_with("NAME"), "{out}");
+    for col in ["VERSION", "COMPILED", "ALIASES", "EXTENSIONS"] {
+        let at = header.find(col).unwrap_or_else(|| panic!("{col}: {out}"));
+        // Aligned: every row's cell in this column starts where its header does.
+        for line in &lines[1..] {
+            let aligned =
+                line.len() > at && line[..at].ends_with("  ") && line.as_bytes()[at] != b' ';
+            assert!(aligned, "{col} misaligned in {line:?}\n{out}");
+        }
+    }
+    let c = lines.iter().find(|l| l.starts_with("c ")).unwrap();
+    let cells: Vec<&str> = c.split_whitespace().collect();
+    assert_eq!(cells[0], "c");
+    assert_eq!(cells[2], "yes", "{c}");
+    assert!(cells.contains(&"gcc") && cells.contains(&".c"), "{c}");
+    let py = lines.iter().find(|l| l.starts_with("python ")).unwrap();
+    assert!(py.contains(" no ") && py.contains(".py"), "{py}");
+
+    let (code, out, err) = tvm(&url, &["languages", "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    let v: Vec<tvm_api::LanguageInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.len(), table.iter().count());
+    let c = v.iter().find(|l| l.name == "c").unwrap();
+    assert!(c.compiled && c.extensions == ["c"], "{c:?}");
+}

@@ -392,6 +392,12 @@ fn rootfs(
             uid = tvm_proto_uid()
         ))
         .arg("--customize-hook=mkdir -p \"$1/work\" && chmod 0755 \"$1/work\"")
+        .args(table.iter().filter_map(|l| l.setup.as_ref()).map(|script| {
+            format!(
+                "--customize-hook=chroot \"$1\" /bin/sh -euc {}",
+                sh_quote(script)
+            )
+        }))
         .arg("--customize-hook=rm -rf \"$1/var/cache/apt\" \"$1/var/lib/apt/lists\" \"$1/var/log\"/*")
         .arg(SUITE)
         .arg(&work)
@@ -428,6 +434,11 @@ fn rootfs(
     replace_dir(&tmp, &dir)?;
     let _ = fs::remove_dir_all(&work);
     Ok((PartReport::done(key, out, false, step), versions))
+}
+
+/// `s` as one single-quoted shell word.
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn tvm_proto_uid() -> u32 {
@@ -510,6 +521,21 @@ mod tests {
             fragment_mismatches(frag, config),
             ["CONFIG_B=y", "# CONFIG_D is not set"]
         );
+    }
+
+    #[test]
+    fn shell_quoting_keeps_one_word() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf %s {}",
+                sh_quote("x'; echo injected; '$HOME")
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"x'; echo injected; '$HOME");
     }
 
     #[test]

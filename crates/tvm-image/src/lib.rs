@@ -75,6 +75,36 @@ pub fn current_dir(cache: &Path) -> PathBuf {
     cache.join("current")
 }
 
+/// The installed version of each language, by name, from an image's manifest
+/// (upstream versions: `12.2.0-14+deb12u1` is `12.2.0`). Empty when the image has
+/// no manifest (one assembled by hand).
+pub fn installed_versions(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        #[serde(default)]
+        versions: Vec<(String, String)>,
+    }
+    std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        .map(|m| {
+            m.versions
+                .into_iter()
+                .map(|(lang, v)| (lang, upstream_version(&v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The upstream part of a Debian version: no epoch, no Debian revision, no
+/// repack suffix (`+dfsg`, `~deb12u1`); `A+reallyB` is B.
+pub fn upstream_version(debian: &str) -> String {
+    let v = debian.split_once(':').map_or(debian, |(_, v)| v);
+    let v = v.rsplit_once('-').map_or(v, |(v, _)| v);
+    let v = v.split_once("+really").map_or(v, |(_, v)| v);
+    v.split(['+', '~']).next().unwrap_or(v).to_string()
+}
+
 /// The three files of an image directory.
 pub fn image_in(dir: &Path) -> tvm_vmm::GuestImage {
     tvm_vmm::GuestImage {
@@ -101,4 +131,21 @@ pub fn image_for_tests() -> Option<PathBuf> {
     );
     eprintln!("SKIPPED: {reason}");
     None
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::upstream_version as up;
+
+    #[test]
+    fn debian_versions_become_upstream_ones() {
+        assert_eq!(up("12.2.0-14+deb12u1"), "12.2.0");
+        assert_eq!(up("4:12.2.0-3"), "12.2.0");
+        assert_eq!(up("1.63.0+dfsg1-2"), "1.63.0");
+        assert_eq!(up("17.0.21.1+2-1~deb12u1"), "17.0.21.1");
+        assert_eq!(up("3.1.7+really3.1.2-0+deb12u1"), "3.1.2");
+        assert_eq!(up("18.20.4+dfsg-1~deb12u3"), "18.20.4");
+        assert_eq!(up("5.2.15-2+b9"), "5.2.15");
+        assert_eq!(up("3.11"), "3.11");
+    }
 }

@@ -55,6 +55,10 @@ pub fn rootfs_key(table: &LanguageTable) -> String {
         h.update(&l.version_package);
         h.update([0]);
         h.update(&l.version);
+        if let Some(setup) = &l.setup {
+            h.update([2]);
+            h.update(setup);
+        }
     }
     hex(h.finalize())[..16].to_string()
 }

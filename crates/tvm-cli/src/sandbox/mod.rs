@@ -217,7 +217,7 @@ fn execute(server: &str, a: ExecArgs) -> anyhow::Result<ExitCode> {
         (Some(file), None) => {
             let code = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let language = match a.language.or_else(|| exec::language_of(&file)) {
+            let language = match a.language.or_else(|| exec::language_of(server, &file)) {
                 Some(l) => l,
                 None => {
                     return Ok(usage(format_args!(
