@@ -53,7 +53,11 @@ pub fn piston_request(data: &[u8]) {
     let Ok(preq) = serde_json::from_slice::<pyrovm::piston::PistonRequest>(data) else {
         return;
     };
-    let req = match pyrovm::piston::to_request(preq, LanguageTable::builtin()) {
+    let req = match pyrovm::piston::to_request(
+        preq,
+        LanguageTable::builtin(),
+        &tvm_api::LimitBounds::default(),
+    ) {
         Ok(r) => r,
         Err(message) => {
             assert!(!message.is_empty());

@@ -208,6 +208,13 @@ pub struct SnapshotConfig {
     pub warm: Vec<Vec<String>>,
     /// Deadline per warm-up command.
     pub warm_timeout_ms: u64,
+    /// Also run every language's `warm` commands from the language table (compilers
+    /// included). Off by default. Measured under TCG (hello world, first compile in
+    /// a fresh clone, p50 of 2): go 15.6 -> 6.9 s, rust 9.3 -> 7.6 s, c 2.5 -> 2.2 s,
+    /// typescript 1.1 -> 0.7 s, C++ and Java unchanged; but the template took 52 s
+    /// instead of 5 s to freeze, filled 342 of its 352 MiB with page cache, and
+    /// python's first run went 0.26 -> 0.46 s (its pages were evicted by later ones).
+    pub warm_all_languages: bool,
 }
 
 impl Default for SnapshotConfig {
@@ -221,6 +228,7 @@ impl Default for SnapshotConfig {
                 cmd(&["/bin/bash", "-c", ":"]),
             ],
             warm_timeout_ms: 30_000,
+            warm_all_languages: false,
         }
     }
 }
@@ -242,8 +250,19 @@ impl Config {
 impl SnapshotConfig {
     /// The warm-up the pool hands the backend, or `None` when snapshots are off.
     pub fn warm_spec(&self) -> Option<tvm_vmm::WarmSpec> {
+        let table = self
+            .warm_all_languages
+            .then(|| {
+                tvm_api::LanguageTable::builtin()
+                    .iter()
+                    .flat_map(|l| l.warm.clone())
+            })
+            .into_iter()
+            .flatten();
+        let mut commands = self.warm.clone();
+        commands.extend(table.filter(|c| !self.warm.contains(c)));
         self.enabled.then(|| tvm_vmm::WarmSpec {
-            commands: self.warm.clone(),
+            commands,
             per_command: std::time::Duration::from_millis(self.warm_timeout_ms),
         })
     }
@@ -400,6 +419,19 @@ mod tests {
         };
         let o = off.pool_options();
         assert!(o.snapshot_warm.is_none() && o.prime.is_none());
+        let all = SnapshotConfig {
+            warm_all_languages: true,
+            ..SnapshotConfig::default()
+        };
+        let cmds = all.warm_spec().unwrap().commands;
+        assert!(
+            cmds.iter().any(|c| c.join(" ").contains("javac")),
+            "{cmds:?}"
+        );
+        assert_eq!(
+            cmds.iter().filter(|c| c[0] == "/usr/bin/python3").count(),
+            1
+        );
         let parsed: Config = toml::from_str(
             "pool_prime = []
 [snapshot]

@@ -249,6 +249,7 @@ async fn check_language(lang: &str) {
             .execute(json!({"language": lang, "code": bad, "limits": limits}))
             .await;
         assert_eq!(status, 200, "{lang}: {v}");
+        common::check_against_openapi("post", "/v1/execute", 200, &v);
         assert_eq!(v["status"], "compile_error", "{lang}: {v}");
         assert_eq!(v["compile"]["status"], "completed", "{lang}: {v}");
         assert_ne!(v["compile"]["exit_code"], 0, "{lang}: {v}");

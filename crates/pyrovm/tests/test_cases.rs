@@ -60,6 +60,7 @@ async fn one_compile_three_cases_three_verdicts() {
         }))
         .await;
     assert_eq!(status, 200, "{v}");
+    common::check_against_openapi("post", "/v1/execute", 200, &v);
     assert_eq!(v["status"], "completed", "{v}");
     assert_eq!(v["compile"]["status"], "completed", "{v}");
     let cases = v["tests"].as_array().expect("tests");

@@ -3,12 +3,14 @@
 //! [`ExecuteCommand`]. Handlers parse and validate with this crate; the core never
 //! sees an unvalidated request.
 
+mod cases;
 mod languages;
 mod sandbox;
 mod types;
 mod validate;
 mod verdict;
 
+pub use cases::CaseCommand;
 pub use languages::{public_class, Language, LanguageError, LanguageTable};
 pub use sandbox::{
     parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,
@@ -21,7 +23,7 @@ pub use types::{
     TestCase, Timings, Utf8Chunker, Verdict,
 };
 pub use validate::{
-    check_glob, parse_execute, validate, validate_in_sandbox, Bound, CaseCommand, ExecuteCommand,
-    LimitBounds, Limits, ValidationError,
+    check_glob, parse_execute, validate, validate_in_sandbox, Bound, ExecuteCommand, LimitBounds,
+    Limits, ValidationError,
 };
 pub use verdict::{judge, normalise_output, output_matches, overall};
