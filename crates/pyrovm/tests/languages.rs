@@ -312,3 +312,80 @@ async fn every_table_language_has_a_test_here() {
         );
     }
 }
+
+#[tokio::test]
+async fn compiled_languages_run_in_a_sandbox() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let post = |path: String, body: Value| {
+        let req = srv.client.post(format!("{}{path}", srv.base)).json(&body);
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, sb) = post("/v1/sandboxes".into(), json!({})).await;
+    assert_eq!(status, 201, "{sb}");
+    let id = sb["id"].as_str().expect("id").to_string();
+    let exec = format!("/v1/sandboxes/{id}/execute");
+    let limits = json!({"compile_timeout_ms": 120000, "timeout_ms": 30000});
+
+    // A file written by one exec is read by a compiled program of the next.
+    let (status, v) = post(
+        exec.clone(),
+        json!({"language": "bash", "code": "echo 7 > n.txt"}),
+    )
+    .await;
+    assert_eq!((status, &v["exit_code"]), (200, &json!(0)), "{v}");
+    let c = "#include <stdio.h>\nint main(void){int n; FILE *f = fopen(\"n.txt\",\"r\"); fscanf(f,\"%d\",&n); printf(\"%d\\n\", n*6); return 0;}\n";
+    let (status, v) = post(
+        exec.clone(),
+        json!({"language": "c", "code": c, "limits": limits}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "42\n", "{v}");
+    assert_eq!(v["compile"]["status"], "completed", "{v}");
+
+    // Java keeps its public class's file name in a sandbox too.
+    let java =
+        "public class Hi { public static void main(String[] a) { System.out.println(\"hi\"); } }";
+    let (status, v) = post(
+        exec.clone(),
+        json!({"language": "java", "code": java, "limits": limits}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "hi\n", "{v}");
+
+    // A compile error in a sandbox is a compile error, and the sandbox lives on.
+    let (status, v) = post(
+        exec.clone(),
+        json!({"language": "c", "code": "int main( {", "limits": limits}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "compile_error", "{v}");
+    let (status, v) = post(exec.clone(), json!({"language": "bash", "code": "ls"})).await;
+    assert_eq!(status, 200, "{v}");
+    // The code files are gone; the compiled outputs stay (documented).
+    assert_eq!(v["stdout"], "Hi.class\nmain\nn.txt\n", "{v}");
+
+    // Test cases are for one-shot executions.
+    let (status, v) = post(
+        exec.clone(),
+        json!({"language": "c", "code": c, "tests": [{}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let resp = srv
+        .client
+        .delete(format!("{}/v1/sandboxes/{id}", srv.base))
+        .send()
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success());
+    srv.stop().await;
+}

@@ -158,3 +158,49 @@ async fn stream_validation_errors_are_plain_json() {
     assert_eq!(srv.metric("tvm_vm_boots_total").await, 0.0);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_compiled_program_streams_its_run_and_the_exit_event_carries_compile_and_tests() {
+    let Some(srv) = TestServer::start(|_| {}).await else {
+        return;
+    };
+    let stream = |body: serde_json::Value| {
+        srv.client
+            .post(format!("{}/v1/execute/stream", srv.base))
+            .json(&body)
+            .send()
+    };
+    let c = "#include <stdio.h>\nint main(void){int x=0; scanf(\"%d\",&x); printf(\"%d\\n\", 2*x); return 0;}\n";
+    let limits = json!({"compile_timeout_ms": 120000});
+    let evs = events(
+        stream(json!({"language": "c", "code": c, "stdin": "21", "limits": limits}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let names: Vec<&str> = evs.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["stdout", "exit"], "{evs:?}");
+    assert_eq!(evs[0].data, "42\n");
+    let exit: serde_json::Value = serde_json::from_str(&evs[1].data).unwrap();
+    assert_eq!(exit["compile"]["status"], "completed", "{exit}");
+
+    // Test cases are not streamed: their results come in the exit event.
+    let evs = events(
+        stream(json!({"language": "c", "code": c, "limits": limits,
+            "tests": [{"stdin": "1", "expected_stdout": "2"}, {"stdin": "2", "expected_stdout": "5"}]}))
+        .await
+        .unwrap(),
+    )
+    .await;
+    let exit: serde_json::Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    common::check_schema(
+        &json!({"$ref": "#/components/schemas/StreamExit"}),
+        &exit,
+        "exit event",
+    );
+    assert_eq!(exit["verdict"], "wrong_answer", "{exit}");
+    assert_eq!(exit["tests"][0]["verdict"], "accepted", "{exit}");
+    assert_eq!(exit["tests"][1]["stdout"], "4\n", "{exit}");
+    srv.assert_no_vms();
+    srv.stop().await;
+}

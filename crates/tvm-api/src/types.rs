@@ -266,6 +266,11 @@ pub struct StreamExit {
     pub files_truncated: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compile: Option<StageResult>,
+    /// With `tests`: each case's result (cases are not streamed) and the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<Vec<CaseResult>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 impl From<&ExecuteResponse> for StreamExit {
@@ -283,6 +288,8 @@ impl From<&ExecuteResponse> for StreamExit {
             files: r.files.clone(),
             files_truncated: r.files_truncated,
             compile: r.compile.clone(),
+            tests: r.tests.clone(),
+            verdict: r.verdict,
         }
     }
 }
