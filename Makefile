@@ -23,7 +23,7 @@ run: guest-image build
 	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyroshell --mode embedded --listen $(LISTEN)
 
 test: image lint
-	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets -- --nocapture
+	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets --no-fail-fast -- --nocapture
 	@echo "==> short soak (100 mixed executions; \`make soak\` runs 1000)"
 	SOAK_N=100 PYROVM_BIN=target/debug/pyrovm TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 	$(MAKE) --no-print-directory check-leftovers

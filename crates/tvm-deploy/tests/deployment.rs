@@ -111,7 +111,13 @@ fn memory_needed(config: &pyrovm::Config, tcg: bool, firecracker_staging_mb: u64
     } else {
         VMM_OVERHEAD_KVM_MB
     };
-    let largest_vm = config.limits.memory_mb.max + config.guest_overhead_mb + vmm;
+    // A compiled language's VM fits the larger of the run and compile limits.
+    let largest_guest = config
+        .limits
+        .memory_mb
+        .max
+        .max(config.limits.compile_memory_mb.max);
+    let largest_vm = largest_guest + config.guest_overhead_mb + vmm;
     let running = config.max_concurrency as u64 * largest_vm;
     // A live sandbox keeps its VM (and may have touched all of its memory).
     let sandboxes = config.sandbox.max_total as u64 * largest_vm;
