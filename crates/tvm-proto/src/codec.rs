@@ -190,6 +190,8 @@ mod tests {
                 clock_unix_ns: 1_700_000_000_000_000_000,
                 entropy: vec![7; 64],
             }),
+            HostMsg::Checkpoint { max_bytes: 64 << 20 },
+            HostMsg::Rewind,
         ] {
             let mut buf = BytesMut::new();
             host.encode(msg.clone(), &mut buf).unwrap();
@@ -273,8 +275,8 @@ mod tests {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         for (payload, got) in [
             (&br#"{"v":1,"msg":{"type":"run"}}"#[..], 1),
-            (br#"{"v":2,"msg":{"type":"run"}}"#, 2),
-            (br#"{"v":4,"msg":{"type":"run"}}"#, 4),
+            (br#"{"v":3,"msg":{"type":"run"}}"#, 3),
+            (br#"{"v":5,"msg":{"type":"run"}}"#, 5),
         ] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
