@@ -190,7 +190,9 @@ mod tests {
                 clock_unix_ns: 1_700_000_000_000_000_000,
                 entropy: vec![7; 64],
             }),
-            HostMsg::Checkpoint { max_bytes: 64 << 20 },
+            HostMsg::Checkpoint {
+                max_bytes: 64 << 20,
+            },
             HostMsg::Rewind,
         ] {
             let mut buf = BytesMut::new();

@@ -279,7 +279,8 @@ pub fn spec(name: &str, ingress_port: u16, cpus: u32) -> VmSpec {
         vm_type: VmType::Qemu,
         arch: Arch::X86_64,
         cpus,
-        memory_gib: 8,
+        // Enough for the `istio` overlay when `cpus` is too.
+        memory_gib: pyrolima::ISTIO_MIN_MEMORY_GIB,
         ingress_port,
         ..VmSpec::default()
     }
