@@ -219,14 +219,17 @@ pub struct SnapshotConfig {
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // The interpreters' own warm-ups from the language table (compilers are
+        // opt-in: `warm_all_languages`).
+        let table = tvm_api::LanguageTable::builtin();
+        let warm = ["python", "javascript", "bash"]
+            .iter()
+            .filter_map(|name| table.get(name))
+            .flat_map(|l| l.warm.clone())
+            .collect();
         Self {
             enabled: true,
-            warm: vec![
-                cmd(&["/usr/bin/python3", "-c", "import random, json, os"]),
-                cmd(&["/usr/bin/node", "-e", "0"]),
-                cmd(&["/bin/bash", "-c", ":"]),
-            ],
+            warm,
             warm_timeout_ms: 30_000,
             warm_all_languages: false,
         }

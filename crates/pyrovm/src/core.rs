@@ -384,12 +384,7 @@ impl Executor {
         queued: u64,
         vm_start: u64,
     ) -> ExecuteResponse {
-        let status = match r.outcome {
-            Outcome::Completed => ExecutionStatus::Completed,
-            Outcome::Timeout => ExecutionStatus::Timeout,
-            Outcome::MemoryLimit => ExecutionStatus::MemoryLimit,
-            Outcome::OutputLimit => ExecutionStatus::OutputLimit,
-        };
+        let status = status_of(r.outcome);
         ExecuteResponse {
             id,
             status,
@@ -446,6 +441,16 @@ impl Executor {
             tests: None,
             verdict: None,
         }
+    }
+}
+
+/// The API status for how the agent saw a job end.
+pub(crate) fn status_of(o: Outcome) -> ExecutionStatus {
+    match o {
+        Outcome::Completed => ExecutionStatus::Completed,
+        Outcome::Timeout => ExecutionStatus::Timeout,
+        Outcome::MemoryLimit => ExecutionStatus::MemoryLimit,
+        Outcome::OutputLimit => ExecutionStatus::OutputLimit,
     }
 }
 

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tvm_api::{ExecuteResponse, ExecutionStatus};
+use tvm_api::ExecuteResponse;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -221,17 +221,9 @@ impl Metrics {
     }
 
     pub fn finished(&self, r: &ExecuteResponse) {
-        let status = match r.status {
-            ExecutionStatus::Completed => "completed",
-            ExecutionStatus::Timeout => "timeout",
-            ExecutionStatus::MemoryLimit => "memory_limit",
-            ExecutionStatus::OutputLimit => "output_limit",
-            ExecutionStatus::SandboxError => "sandbox_error",
-            ExecutionStatus::CompileError => "compile_error",
-        };
         self.executions
             .get_or_create(&StatusLabel {
-                status: status.into(),
+                status: label(&r.status),
             })
             .inc();
         if let Some(c) = &r.compile {

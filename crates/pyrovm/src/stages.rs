@@ -11,17 +11,17 @@ use tvm_api::{
     judge, overall, CaseCommand, CaseResult, ExecuteCommand, ExecuteResponse, ExecutionStatus,
     StageResult,
 };
-use tvm_proto::{ExitReport, GuestMsg, HostMsg, Job, Outcome, WORK_DIR};
+use tvm_proto::{GuestMsg, HostMsg, Job, WORK_DIR};
 use tvm_vmm::Vm;
 
 use crate::core::{
-    converse, request, signal_name, Conversation, Executor, JobContext, OutputChunk,
+    converse, request, signal_name, status_of, Conversation, Executor, JobContext, OutputChunk,
 };
 
 /// How a stage that is not the program's own run ended.
 enum Ran {
-    /// The job ran to its end; its report and output.
-    Exited(ExitReport, String, String, bool, bool),
+    /// The job ran to its end: how, and what it printed.
+    Exited(StageResult),
     /// The agent could not start it; the VM is still usable.
     Failed(String),
     /// The VM died or went silent; it must be destroyed.
@@ -55,16 +55,7 @@ impl Executor {
             cj.limits.memory_bytes = cmd.limits.compile_memory_mb << 20;
             let started = Instant::now();
             let stage = match self.stage(vm, cj, cmd.limits.max_output_bytes).await {
-                Ran::Exited(r, stdout, stderr, out_cut, err_cut) => StageResult {
-                    status: status_of(r.outcome),
-                    exit_code: r.exit_code,
-                    signal: r.signal.map(signal_name),
-                    stdout,
-                    stderr,
-                    stdout_truncated: r.stdout_truncated || out_cut,
-                    stderr_truncated: r.stderr_truncated || err_cut,
-                    duration_ms: r.exec_ms,
-                },
+                Ran::Exited(stage) => stage,
                 Ran::Failed(why) => {
                     return (
                         self.stage_error(&ctx, &format!("the compiler could not start: {why}")),
@@ -174,24 +165,23 @@ impl Executor {
             }
             let cj = case_job(&job, cmd, case, &path);
             let r = match self.stage(vm, cj, case.limits.max_output_bytes).await {
-                Ran::Exited(r, stdout, stderr, out_cut, err_cut) => {
-                    exec_ms += r.exec_ms;
-                    let status = status_of(r.outcome);
+                Ran::Exited(s) => {
+                    exec_ms += s.duration_ms;
                     CaseResult {
                         verdict: judge(
-                            status,
-                            r.exit_code,
-                            &stdout,
+                            s.status,
+                            s.exit_code,
+                            &s.stdout,
                             case.expected_stdout.as_deref(),
                         ),
-                        status,
-                        exit_code: r.exit_code,
-                        signal: r.signal.map(signal_name),
-                        stdout,
-                        stderr,
-                        stdout_truncated: r.stdout_truncated || out_cut,
-                        stderr_truncated: r.stderr_truncated || err_cut,
-                        duration_ms: r.exec_ms,
+                        status: s.status,
+                        exit_code: s.exit_code,
+                        signal: s.signal,
+                        stdout: s.stdout,
+                        stderr: s.stderr,
+                        stdout_truncated: s.stdout_truncated,
+                        stderr_truncated: s.stderr_truncated,
+                        duration_ms: s.duration_ms,
                         error: None,
                     }
                 }
@@ -227,13 +217,16 @@ impl Executor {
         let deadline =
             Duration::from_millis(job.limits.timeout_ms) + self.settings().host_deadline_slack;
         match tokio::time::timeout(deadline, converse(vm, job, cap, None, false)).await {
-            Ok(Conversation::Exited(r, out)) => Ran::Exited(
-                r,
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-                out.stdout_cut,
-                out.stderr_cut,
-            ),
+            Ok(Conversation::Exited(r, out)) => Ran::Exited(StageResult {
+                status: status_of(r.outcome),
+                exit_code: r.exit_code,
+                signal: r.signal.map(signal_name),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                stdout_truncated: r.stdout_truncated || out.stdout_cut,
+                stderr_truncated: r.stderr_truncated || out.stderr_cut,
+                duration_ms: r.exec_ms,
+            }),
             Ok(Conversation::Failed(why)) => Ran::Failed(why),
             Ok(Conversation::Broken(why)) => Ran::Lost(why),
             Ok(Conversation::Cancelled) => Ran::Lost("cancelled".into()),
@@ -271,15 +264,6 @@ fn case_job(job: &Job, cmd: &ExecuteCommand, case: &CaseCommand, path: &str) -> 
     j.limits.max_output_bytes = case.limits.max_output_bytes;
     j.limits.max_processes = case.limits.max_processes;
     j
-}
-
-fn status_of(o: Outcome) -> ExecutionStatus {
-    match o {
-        Outcome::Completed => ExecutionStatus::Completed,
-        Outcome::Timeout => ExecutionStatus::Timeout,
-        Outcome::MemoryLimit => ExecutionStatus::MemoryLimit,
-        Outcome::OutputLimit => ExecutionStatus::OutputLimit,
-    }
 }
 
 fn not_run(why: &str) -> CaseResult {
