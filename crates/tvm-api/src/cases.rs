@@ -101,19 +101,8 @@ pub(crate) fn check_tests(
 mod tests {
     use super::*;
     use crate::languages::LanguageTable;
-    use crate::validate::{validate, validate_in_sandbox, ExecuteCommand};
-
-    fn req(language: &str, code: &str) -> ExecuteRequest {
-        ExecuteRequest {
-            language: language.into(),
-            code: code.into(),
-            ..Default::default()
-        }
-    }
-
-    fn check(r: ExecuteRequest) -> Result<ExecuteCommand, ValidationError> {
-        validate(r, LanguageTable::builtin(), &LimitBounds::default())
-    }
+    use crate::validate::tests::{check, req};
+    use crate::validate::validate_in_sandbox;
 
     #[test]
     fn test_cases_take_the_request_limits_unless_they_set_their_own() {

@@ -487,11 +487,11 @@ pub fn validate_in_sandbox(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::{InputFile, RequestLimits};
 
-    fn req(language: &str, code: &str) -> ExecuteRequest {
+    pub(crate) fn req(language: &str, code: &str) -> ExecuteRequest {
         ExecuteRequest {
             language: language.into(),
             code: code.into(),
@@ -499,7 +499,7 @@ mod tests {
         }
     }
 
-    fn check(r: ExecuteRequest) -> Result<ExecuteCommand, ValidationError> {
+    pub(crate) fn check(r: ExecuteRequest) -> Result<ExecuteCommand, ValidationError> {
         validate(r, LanguageTable::builtin(), &LimitBounds::default())
     }
 
