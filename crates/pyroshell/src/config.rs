@@ -88,7 +88,8 @@ pub struct ForwardSettings {
     /// A TCP connect must succeed within this, else the attempt counts as not sent.
     pub connect_timeout_ms: u64,
     /// The upstream's response headers must arrive within this (504 after). Longer
-    /// than the longest answer pyrovm gives: 60 s execution + boot + slack.
+    /// than the longest answer pyrovm gives with its defaults: a 30 s wait in its
+    /// queue, two 15 s boot attempts, a 60 s execution and 10 s of slack = 130 s.
     pub response_timeout_ms: u64,
     /// Attempts in all for a request that never reached the upstream.
     pub max_attempts: u32,
@@ -113,7 +114,7 @@ impl Default for ForwardSettings {
         Self {
             upstream: None,
             connect_timeout_ms: 1_000,
-            response_timeout_ms: 110_000,
+            response_timeout_ms: 140_000,
             max_attempts: 3,
             backoff_base_ms: 25,
             backoff_max_ms: 250,

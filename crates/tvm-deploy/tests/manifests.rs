@@ -536,12 +536,15 @@ fn virtualservice_routes_real_apis_with_timeouts_above_the_longest_execution() {
             return;
         }
         let (_, config) = pyrovm_config(objs);
-        // The longest answer: two boot attempts, the longest job, the host's slack.
-        let longest_ms = config.limits.timeout_ms.max
+        // The longest answer: the longest wait for a slot, two boot attempts, the
+        // longest job, the host's slack.
+        let longest_ms = config.queue_timeout_ms
+            + config.limits.timeout_ms.max
             + 2 * config.boot_timeout_ms
             + config.host_deadline_slack_ms;
-        // A sandbox request may first wait for its busy sandbox.
+        // A sandbox request may first wait for its busy sandbox, then for a slot.
         let longest_sandbox_ms = config.sandbox.busy_timeout_ms
+            + config.queue_timeout_ms
             + config.limits.timeout_ms.max
             + config.host_deadline_slack_ms;
         let vs = one(objs, "VirtualService", "pyrovm");
