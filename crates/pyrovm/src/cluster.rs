@@ -100,7 +100,8 @@ impl Cluster {
         self.advertise
     }
 
-    /// The id of a new sandbox held here, from its unique part (`sb-<ulid>`).
+    /// The id of a new sandbox (`sb-<ulid>`) or async execution (`ex-<ulid>`) held
+    /// here, from its unique part.
     pub fn mint(&self, local_id: &str) -> String {
         let body = format!("{local_id}-{}", encode_addr(self.advertise));
         let mac = self.mac(&body);
@@ -117,13 +118,13 @@ impl Cluster {
         hex::encode(&m.finalize().into_bytes()[..8])
     }
 
-    /// Who holds the sandbox `id`.
+    /// Who holds the sandbox or async execution `id`.
     pub fn owner(&self, id: &str) -> Owner {
         let parts: Vec<&str> = id.split('-').collect();
         match parts.as_slice() {
-            ["sb", _] => Owner::Here,
-            ["sb", ulid, addr, mac] => {
-                let body = format!("sb-{ulid}-{addr}");
+            ["sb" | "ex", _] => Owner::Here,
+            [kind @ ("sb" | "ex"), ulid, addr, mac] => {
+                let body = format!("{kind}-{ulid}-{addr}");
                 let expected = self.mac(&body);
                 // Constant time: the MAC is what keeps forwarding away from addresses
                 // a client chose.
@@ -168,9 +169,12 @@ pub fn decode_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
 }
 
-/// The sandbox id a request path names (`/v1/sandboxes/{id}` and below), if any.
+/// The id a request path names (`/v1/sandboxes/{id}` and below, or
+/// `/v1/executions/{id}`), if any: the node that holds it serves it.
 pub fn sandbox_in_path(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v1/sandboxes/")?;
+    let rest = path
+        .strip_prefix("/v1/sandboxes/")
+        .or_else(|| path.strip_prefix("/v1/executions/"))?;
     let id = rest.split('/').next()?;
     (!id.is_empty()).then_some(id)
 }
@@ -200,12 +204,17 @@ struct SandboxIdField {
 
 /// gRPC methods whose request names a sandbox in field 1.
 fn grpc_names_sandbox(path: &str) -> bool {
-    path.strip_prefix("/tvm.v1.Sandboxes/").is_some_and(|m| {
+    let sandbox = path.strip_prefix("/tvm.v1.Sandboxes/").is_some_and(|m| {
         matches!(
             m,
             "Get" | "Delete" | "Execute" | "ExecuteStream" | "WriteFile" | "ReadFile" | "ListFiles"
         )
-    })
+    });
+    // An async execution's id is field 1 of these requests too.
+    let execution = path
+        .strip_prefix("/tvm.v1.Execution/")
+        .is_some_and(|m| matches!(m, "GetExecution" | "CancelExecution"));
+    sandbox || execution
 }
 
 /// The sandbox id in a unary gRPC request body (one uncompressed length-prefixed message).
@@ -570,6 +579,9 @@ mod tests {
         assert!(grpc_names_sandbox("/tvm.v1.Sandboxes/Execute"));
         assert!(!grpc_names_sandbox("/tvm.v1.Sandboxes/Create"));
         assert!(!grpc_names_sandbox("/tvm.v1.Execution/Execute"));
+        assert!(grpc_names_sandbox("/tvm.v1.Execution/GetExecution"));
+        assert!(grpc_names_sandbox("/tvm.v1.Execution/CancelExecution"));
+        assert!(!grpc_names_sandbox("/tvm.v1.Execution/Submit"));
     }
 
     #[test]
@@ -579,5 +591,8 @@ mod tests {
         assert_eq!(sandbox_in_path("/v1/sandboxes"), None);
         assert_eq!(sandbox_in_path("/v1/sandboxes/"), None);
         assert_eq!(sandbox_in_path("/v1/execute"), None);
+        // Async executions are held by one node too.
+        assert_eq!(sandbox_in_path("/v1/executions/ex-1"), Some("ex-1"));
+        assert_eq!(sandbox_in_path("/v1/executions"), None);
     }
 }

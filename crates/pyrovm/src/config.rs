@@ -27,8 +27,18 @@ pub struct Config {
     pub image_dir: Option<PathBuf>,
     /// Parent of this instance's runtime dir; default `/run/tvm` (root) or per-user.
     pub runtime_dir: Option<PathBuf>,
-    /// Executions running at once; more get 429.
+    /// Execution slots: jobs running at once (a sandbox exec or create takes one
+    /// too). More requests wait in a queue.
     pub max_concurrency: usize,
+    /// Requests that may wait for a slot at once; more get 429 `at_capacity`.
+    /// Default: 8 × `max_concurrency`. 0: no queue (refuse when every slot is busy).
+    pub max_queued: Option<usize>,
+    /// The longest a request waits for a slot (then 429 `queue_timeout`); a gRPC
+    /// deadline shortens it to what the job can still use.
+    pub queue_timeout_ms: u64,
+    /// Slots one token may hold at once (its further requests wait while others
+    /// run). Unset: no cap beyond `max_concurrency`.
+    pub max_concurrency_per_token: Option<usize>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// A client must send a request's headers within this (else the connection closes).
@@ -77,6 +87,43 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Several pyrovms behind one ingress: `[cluster]` (docs/deploy.md, "Sandboxes").
     pub cluster: ClusterConfig,
+    /// Async executions (`POST /v1/executions`): `[executions]` caps and TTL.
+    pub executions: ExecutionsConfig,
+}
+
+/// `[executions]`: async executions and their results, held in memory only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionsConfig {
+    /// A finished result is kept this long, then forgotten (404).
+    pub result_ttl_ms: u64,
+    /// Async executions held at once, pending and finished (more: 429).
+    pub max_stored: usize,
+    /// ... per token.
+    pub max_per_token: usize,
+    /// Bytes held for results at once: each pending execution reserves its worst
+    /// case (both output caps, plus the `files_out` cap if it asks for files).
+    pub max_stored_bytes: u64,
+    /// Requests in one `POST /v1/executions/batch`.
+    pub max_batch: usize,
+    /// The longest a submitted execution waits for a slot (then it ends `rejected`).
+    pub queue_timeout_ms: u64,
+    /// The longest `GET /v1/executions/{id}?wait=true` holds the request.
+    pub max_wait_ms: u64,
+}
+
+impl Default for ExecutionsConfig {
+    fn default() -> Self {
+        Self {
+            result_ttl_ms: 600_000,
+            max_stored: 1024,
+            max_per_token: 256,
+            max_stored_bytes: 512 << 20,
+            max_batch: 32,
+            queue_timeout_ms: 600_000,
+            max_wait_ms: 60_000,
+        }
+    }
 }
 
 /// `[cluster]`: set both to give sandbox ids their owner's address, so that any
@@ -163,6 +210,9 @@ impl Default for Config {
             image_dir: None,
             runtime_dir: None,
             max_concurrency: (cores * 2).max(2),
+            max_queued: None,
+            queue_timeout_ms: 30_000,
+            max_concurrency_per_token: None,
             max_body_bytes: 16 << 20,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
@@ -192,6 +242,7 @@ impl Default for Config {
             limits: LimitBounds::default(),
             sandbox: SandboxConfig::default(),
             cluster: ClusterConfig::default(),
+            executions: ExecutionsConfig::default(),
         }
     }
 }
@@ -290,6 +341,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Requests that may wait for a slot: `max_queued`, else 8 × `max_concurrency`.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
+            .unwrap_or(self.max_concurrency.saturating_mul(8))
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -308,6 +365,25 @@ impl Config {
         if self.max_concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrency must be at least 1".into(),
+            ));
+        }
+        if self
+            .max_concurrency_per_token
+            .is_some_and(|n| n == 0 || n > self.max_concurrency)
+        {
+            return Err(ConfigError::Invalid(
+                "max_concurrency_per_token must be between 1 and max_concurrency".into(),
+            ));
+        }
+        let e = &self.executions;
+        if e.result_ttl_ms == 0
+            || e.max_batch == 0
+            || e.max_per_token == 0
+            || e.max_stored < e.max_batch
+            || e.max_wait_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "executions: result_ttl_ms, max_batch, max_per_token and max_wait_ms must be positive, and max_stored at least max_batch".into(),
             ));
         }
         for (name, b) in [

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tvm_api::{
     ExecuteCommand, ExecuteResponse, ExecutionStatus, FileEncoding, OutputFile, Timings,
 };
@@ -18,16 +18,61 @@ use tvm_proto::{
 use tvm_vmm::{Vm, VmSpec, Vmm};
 
 use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueSettings, Refusal, Slot, Wait};
+use tvm_http::middleware::Caller;
 
 /// Why the core did not run a command (a 4xx/5xx, never a 200).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoreError {
-    #[error("all {0} execution slots are busy; retry shortly")]
-    AtCapacity(usize),
+    #[error(
+        "all {slots} execution slots are busy and {queued} requests already wait (the queue's limit); retry in {retry_after_s} s"
+    )]
+    AtCapacity {
+        slots: usize,
+        queued: usize,
+        retry_after_s: u64,
+    },
+    #[error("no execution slot came free within {waited_ms} ms; retry in {retry_after_s} s")]
+    QueueTimeout { waited_ms: u64, retry_after_s: u64 },
     #[error("the service is shutting down")]
     ShuttingDown,
     #[error("the runtime dir has only {free_kib} KiB free; retry shortly")]
     NoSpace { free_kib: u64 },
+}
+
+impl CoreError {
+    /// The `Retry-After` (seconds) every front door sends with this refusal.
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            CoreError::AtCapacity { retry_after_s, .. }
+            | CoreError::QueueTimeout { retry_after_s, .. } => *retry_after_s,
+            CoreError::ShuttingDown | CoreError::NoSpace { .. } => 5,
+        }
+    }
+}
+
+impl From<Refusal> for CoreError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Full {
+                slots,
+                queued,
+                retry_after_s,
+            } => CoreError::AtCapacity {
+                slots,
+                queued,
+                retry_after_s,
+            },
+            Refusal::Timeout {
+                waited_ms,
+                retry_after_s,
+            } => CoreError::QueueTimeout {
+                waited_ms,
+                retry_after_s,
+            },
+            Refusal::ShuttingDown => CoreError::ShuttingDown,
+        }
+    }
 }
 
 /// Boots a VM the slow way, counting it (`tvm_vm_boots_total`) and its boot time.
@@ -57,6 +102,12 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
     pub max_concurrency: usize,
+    /// Requests that may wait for a slot (async submissions not counted).
+    pub max_queued: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// Slots one caller (token) may hold at once; `None`: no cap.
+    pub max_concurrency_per_caller: Option<usize>,
     pub guest_overhead_mb: u64,
     pub workdir_mb: u64,
     pub host_deadline_slack: Duration,
@@ -71,7 +122,7 @@ pub struct CoreSettings {
 pub struct Executor {
     vmm: Arc<dyn Vmm>,
     pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
-    slots: Arc<Semaphore>,
+    queue: Arc<Queue>,
     settings: CoreSettings,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -81,7 +132,14 @@ impl Executor {
         Self {
             vmm,
             pool: std::sync::OnceLock::new(),
-            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            queue: Queue::new(
+                QueueSettings {
+                    slots: settings.max_concurrency,
+                    max_queued: settings.max_queued,
+                    per_caller: settings.max_concurrency_per_caller,
+                },
+                metrics.clone(),
+            ),
             settings,
             metrics,
         }
@@ -125,13 +183,41 @@ impl Executor {
         self.vmm.name()
     }
 
-    /// Stops admitting; in-flight executions finish.
+    /// Stops admitting: queued requests are refused now (503); running ones finish.
     pub fn close(&self) {
-        self.slots.close();
+        self.queue.close();
     }
 
-    /// Takes an execution slot or refuses at once (429 / 503 upstream).
-    pub fn admit(&self) -> Result<Admitted, CoreError> {
+    /// The admission queue (its depth and slots, for probes and shutdown).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// How a request waits for its slot: at most `queue_timeout`, and never longer
+    /// than `budget` (what is left of a caller's deadline after the job's own time).
+    pub fn wait_for(&self, budget: Option<Duration>) -> Wait {
+        let max_wait = match budget {
+            Some(b) => b.min(self.settings.queue_timeout),
+            None => self.settings.queue_timeout,
+        };
+        Wait {
+            max_wait,
+            counted: true,
+        }
+    }
+
+    /// [`Executor::wait_for`] under a client's deadline: the wait leaves the job
+    /// its own run time (compile, run, every test case) before the deadline.
+    pub fn wait_within(&self, deadline: Option<Duration>, cmd: &ExecuteCommand) -> Wait {
+        self.wait_for(
+            deadline.map(|d| d.saturating_sub(Duration::from_millis(cmd.run_time_bound_ms()))),
+        )
+    }
+
+    /// Takes an execution slot for `caller`: a free one now, else after a fair wait
+    /// in the queue (bounded by `wait`), else a refusal (429 / 503 upstream). A
+    /// request whose future is dropped while it waits leaves the queue at once.
+    pub async fn admit(&self, caller: &Caller, wait: Wait) -> Result<Admitted, CoreError> {
         let received = Instant::now();
         if let Some(free) = self.settings.runtime_dir.as_deref().and_then(free_bytes) {
             if free < MIN_FREE_BYTES {
@@ -141,22 +227,22 @@ impl Executor {
                 });
             }
         }
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Admitted {
-                _permit: permit,
-                received,
-            }),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                self.metrics.rejected("capacity");
-                Err(CoreError::AtCapacity(self.settings.max_concurrency))
-            }
-            Err(tokio::sync::TryAcquireError::Closed) => Err(CoreError::ShuttingDown),
-        }
+        let slot = self.queue.acquire(caller.id(), wait).await?;
+        Ok(Admitted {
+            slot,
+            received,
+            queued_ms: received.elapsed().as_millis() as u64,
+        })
     }
 
     /// Runs one command in a VM that exists for it alone, collecting its output.
-    pub async fn execute(&self, cmd: ExecuteCommand) -> Result<ExecuteResponse, CoreError> {
-        let admitted = self.admit()?;
+    pub async fn execute(
+        &self,
+        caller: &Caller,
+        cmd: ExecuteCommand,
+        wait: Wait,
+    ) -> Result<ExecuteResponse, CoreError> {
+        let admitted = self.admit(caller, wait).await?;
         Ok(self.run(admitted, cmd, None).await)
     }
 
@@ -180,13 +266,24 @@ impl Executor {
         cmd: ExecuteCommand,
         live: Option<mpsc::Sender<OutputChunk>>,
     ) -> ExecuteResponse {
+        self.run_as(ulid::Ulid::new().to_string(), admitted, cmd, live)
+            .await
+    }
+
+    /// [`Executor::run`] under a given execution id (an async execution's).
+    pub(crate) async fn run_as(
+        &self,
+        id: String,
+        admitted: Admitted,
+        cmd: ExecuteCommand,
+        live: Option<mpsc::Sender<OutputChunk>>,
+    ) -> ExecuteResponse {
         let received = admitted.received;
+        let queued_ms = admitted.queued_ms;
         let _inflight = self.metrics.inflight_guard();
-        let id = ulid::Ulid::new().to_string();
-        let queued_ms = received.elapsed().as_millis() as u64;
         let spec = self.spec_for(cmd.limits.vcpus, cmd.vm_memory_mb());
         let boot_started = Instant::now();
-        let mut vm = match self.acquire_vm(&spec).await {
+        let vm = match self.acquire_vm(&spec).await {
             Ok(vm) => vm,
             Err(e) => {
                 tracing::error!(%id, error = %error_chain(&e), "VM failed to start");
@@ -198,6 +295,10 @@ impl Executor {
         };
         let vm_start_ms = boot_started.elapsed().as_millis() as u64;
         tracing::debug!(%id, vm = %vm.id, boot_ms = vm_start_ms, guest_boot_ms = vm.guest_boot_ms, "VM ready");
+        let mut lease = Lease {
+            vm: Some(vm),
+            admitted: Some(admitted),
+        };
         let job = self.job_for(&cmd);
         let ctx = JobContext {
             id,
@@ -206,18 +307,10 @@ impl Executor {
             vm_start_ms,
             detach_on_cancel: false,
         };
-        let (resp, _) = self.run_stages(&mut vm, job, &cmd, live, ctx).await;
-        let destroy_started = Instant::now();
-        vm.destroy().await;
-        tracing::debug!(
-            id = %resp.id,
-            vm_start_ms,
-            exec_ms = resp.timings_ms.exec,
-            destroy_ms = destroy_started.elapsed().as_millis() as u64,
-            "execution finished"
-        );
+        let (resp, _) = self.run_stages(lease.vm(), job, &cmd, live, ctx).await;
         self.metrics.finished(&resp);
-        drop(admitted);
+        // The answer goes out now; the VM is destroyed right after (see `Lease`).
+        drop(lease);
         resp
     }
 
@@ -486,11 +579,53 @@ impl Output {
     }
 }
 
+/// A one-shot execution's VM and the slot it runs under. Dropping it — after the
+/// answer is built, or when the request is abandoned mid-job (client gone, async
+/// execution cancelled) — destroys the VM in the background and releases the slot
+/// only once the VM is gone: the answer does not wait for the teardown, capacity is
+/// never overcommitted, and a free slot means nothing of its execution is left.
+struct Lease {
+    vm: Option<Vm>,
+    admitted: Option<Admitted>,
+}
+
+impl Lease {
+    fn vm(&mut self) -> &mut Vm {
+        // Both are taken only in `drop`.
+        self.vm
+            .as_mut()
+            .expect("a lease holds its VM until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (Some(vm), admitted) = (self.vm.take(), self.admitted.take()) else {
+            return;
+        };
+        let teardown = async move {
+            let started = Instant::now();
+            let id = vm.id.clone();
+            vm.destroy().await;
+            tracing::debug!(vm = %id, destroy_ms = started.elapsed().as_millis() as u64, "VM destroyed");
+            drop(admitted);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(teardown)),
+            // No runtime (it is shutting down): the VM's own `Drop` kills it now.
+            Err(_) => drop(teardown),
+        }
+    }
+}
+
 /// A slot taken by [`Executor::admit`]; released when dropped.
 #[derive(Debug)]
 pub struct Admitted {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code)] // held for its `Drop`
+    slot: Slot,
     received: Instant,
+    /// How long it waited in the queue.
+    queued_ms: u64,
 }
 
 /// A piece of live output.

@@ -187,18 +187,39 @@ pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
 
 /// Core refusals as gRPC statuses.
 pub fn core_status(e: CoreError) -> Status {
-    match e {
-        CoreError::AtCapacity(_) => Status::with_error_details(
-            tonic::Code::ResourceExhausted,
-            e.to_string(),
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-        ),
-        CoreError::ShuttingDown | CoreError::NoSpace { .. } => Status::with_error_details(
-            tonic::Code::Unavailable,
-            e.to_string(),
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(5))),
-        ),
+    let code = match e {
+        CoreError::AtCapacity { .. } | CoreError::QueueTimeout { .. } => {
+            tonic::Code::ResourceExhausted
+        }
+        CoreError::ShuttingDown | CoreError::NoSpace { .. } => tonic::Code::Unavailable,
+    };
+    Status::with_error_details(
+        code,
+        e.to_string(),
+        ErrorDetails::with_retry_info(Some(Duration::from_secs(e.retry_after_s()))),
+    )
+}
+
+/// The client's deadline (`grpc-timeout`: digits and a unit, H M S m u n), if it set one.
+pub(crate) fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    parse_grpc_timeout(req.metadata().get("grpc-timeout")?.to_str().ok()?)
+}
+
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
     }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 impl ExecutionService {
@@ -270,11 +291,14 @@ impl pb::execution_server::Execution for ExecutionService {
         &self,
         req: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let who = crate::grpc_sandboxes::caller(&req)?;
+        let deadline = grpc_timeout(&req);
         let cmd = self.command(req.into_inner())?;
+        let wait = self.state.executor.wait_within(deadline, &cmd);
         let resp = self
             .state
             .executor
-            .execute(cmd)
+            .execute(&who, cmd, wait)
             .await
             .map_err(core_status)?;
         Ok(Response::new(to_pb(&resp, true)))
@@ -286,8 +310,16 @@ impl pb::execution_server::Execution for ExecutionService {
         &self,
         req: Request<pb::ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
+        let who = crate::grpc_sandboxes::caller(&req)?;
+        let deadline = grpc_timeout(&req);
         let cmd = self.command(req.into_inner())?;
-        let admitted = self.state.executor.admit().map_err(core_status)?;
+        let wait = self.state.executor.wait_within(deadline, &cmd);
+        let admitted = self
+            .state
+            .executor
+            .admit(&who, wait)
+            .await
+            .map_err(core_status)?;
         let (chunk_tx, chunk_rx) = mpsc::channel::<OutputChunk>(32);
         let state = self.state.clone();
         // A client that cancels drops chunk_rx, which destroys the VM.
@@ -315,6 +347,41 @@ impl pb::execution_server::Execution for ExecutionService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecutionState>, Status> {
+        crate::grpc_executions::submit(&self.state, req).await
+    }
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        crate::grpc_executions::submit_batch(&self.state, req).await
+    }
+
+    async fn get_execution(
+        &self,
+        req: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::ExecutionResult>, Status> {
+        crate::grpc_executions::get(&self.state, req).await
+    }
+
+    async fn cancel_execution(
+        &self,
+        req: Request<pb::ExecutionRef>,
+    ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        crate::grpc_executions::cancel(&self.state, req).await
+    }
+
+    async fn list_executions(
+        &self,
+        req: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        crate::grpc_executions::list(&self.state, req).await
     }
 }
 
@@ -351,6 +418,21 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_with_their_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        for bad in ["", "S", "5", "5x", "-5S", "1234567890S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn request_carries_tests_and_compile_limits() {

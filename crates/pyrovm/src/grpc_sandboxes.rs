@@ -58,7 +58,7 @@ pub fn server(state: Arc<AppState>) -> pb::sandboxes_server::SandboxesServer<San
 /// The caller the token middleware recorded (it always does, `anonymous` when auth
 /// is off); its absence is a bug, never a reason to let a request through as anyone.
 #[allow(clippy::result_large_err)]
-fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions().get::<Caller>().cloned().ok_or_else(|| {
         tracing::error!("a sandbox request without a caller");
         Status::internal("internal error; see the service log")
@@ -587,18 +587,21 @@ mod tests {
         assert!(s.message().contains("has ended"), "{s:?}");
         assert!(s.message().contains("idle"), "{s:?}");
 
+        let full = CoreError::AtCapacity {
+            slots: 2,
+            queued: 16,
+            retry_after_s: 3,
+        };
         for core in [
-            CoreError::AtCapacity(2),
+            full.clone(),
+            CoreError::QueueTimeout {
+                waited_ms: 30_000,
+                retry_after_s: 7,
+            },
             CoreError::ShuttingDown,
             CoreError::NoSpace { free_kib: 1 },
         ] {
-            let direct = core_status(match &core {
-                CoreError::AtCapacity(n) => CoreError::AtCapacity(*n),
-                CoreError::ShuttingDown => CoreError::ShuttingDown,
-                CoreError::NoSpace { free_kib } => CoreError::NoSpace {
-                    free_kib: *free_kib,
-                },
-            });
+            let direct = core_status(core.clone());
             let s = sandbox_status(SandboxError::Core(core));
             assert_eq!(s.code(), direct.code());
             assert_eq!(s.message(), direct.message());
@@ -608,7 +611,7 @@ mod tests {
             );
         }
         assert_eq!(
-            sandbox_status(SandboxError::Core(CoreError::AtCapacity(1))).code(),
+            sandbox_status(SandboxError::Core(full)).code(),
             Code::ResourceExhausted
         );
     }

@@ -7,12 +7,15 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod executions;
 pub mod grpc;
+pub mod grpc_executions;
 pub mod grpc_sandboxes;
 pub mod metrics;
 pub mod openapi;
 pub mod piston;
 pub mod pool;
+pub mod queue;
 pub mod sandbox;
 pub mod server;
 pub mod stages;
@@ -133,6 +136,9 @@ impl Service {
             vmm,
             CoreSettings {
                 max_concurrency: config.max_concurrency,
+                max_queued: config.max_queued(),
+                queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+                max_concurrency_per_caller: config.max_concurrency_per_token,
                 guest_overhead_mb: config.guest_overhead_mb,
                 workdir_mb: config.workdir_mb,
                 host_deadline_slack: Duration::from_millis(config.host_deadline_slack_ms),
@@ -142,15 +148,30 @@ impl Service {
             },
             metrics,
         ));
-        let forwarder = cluster.map(|c| {
+        let forwarder = cluster.clone().map(|c| {
             Arc::new(cluster::Forwarder::new(
                 c,
                 config.cluster.peer_host.clone(),
                 config.cluster.peers.clone(),
             ))
         });
+        let executions = executions::Executions::new(
+            executions::ExecutionsSettings {
+                result_ttl: Duration::from_millis(config.executions.result_ttl_ms),
+                max_stored: config.executions.max_stored,
+                max_per_caller: config.executions.max_per_token,
+                max_stored_bytes: config.executions.max_stored_bytes,
+                max_batch: config.executions.max_batch,
+                queue_timeout: Duration::from_millis(config.executions.queue_timeout_ms),
+                max_wait: Duration::from_millis(config.executions.max_wait_ms),
+                max_files_out_bytes: config.limits.max_files_out_bytes as u64,
+                cluster: cluster.clone(),
+            },
+            executor.clone(),
+        );
         let state = Arc::new(AppState {
             executor,
+            executions,
             languages: LanguageTable::builtin(),
             versions: tvm_image::installed_versions(&image_dir),
             bounds: config.limits,
@@ -207,6 +228,7 @@ impl Service {
             .executor
             .start_pool(&self.pool, self.pool_options.clone());
         let sweeper = state.sandboxes.spawn_sweeper();
+        let results_sweeper = state.executions.spawn_sweeper();
         let app = self.router();
         let drained = listen::serve(listener, app, self.listen, async move {
             shutdown.await;
@@ -215,6 +237,7 @@ impl Service {
                 .store(false, std::sync::atomic::Ordering::Release);
             state.sandboxes.stop_creating();
             state.executor.close();
+            state.executions.close();
             tracing::info!("shutting down: no new executions; finishing in-flight ones");
         })
         .await?;
@@ -227,8 +250,20 @@ impl Service {
         // Sandboxes live in memory only: a stopping service ends them all.
         self.state.sandboxes.close_all().await;
         sweeper.abort();
+        results_sweeper.abort();
         if let Some(pool) = pool {
             pool.drain().await;
+        }
+        // VMs of answered executions are destroyed right after their answers:
+        // let those finish (each holds its slot until its VM is gone).
+        if !self
+            .state
+            .executor
+            .queue()
+            .idle(Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!("VMs still being destroyed at exit; the runtime cleanup kills them");
         }
         drop(self.state);
         // Kill any VMM still recorded and remove the dir now, even if a finishing

@@ -51,6 +51,12 @@ pub struct Metrics {
     sandbox_execs: Counter,
     compiles: Family<StatusLabel, Counter>,
     test_cases: Family<VerdictLabel, Counter>,
+    queue_depth: Gauge,
+    queue_wait_seconds: Histogram,
+    slots_in_use: Gauge,
+    async_executions: Family<StatusLabel, Counter>,
+    async_stored: Gauge,
+    async_stored_bytes: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,7 +65,7 @@ pub struct VerdictLabel {
 }
 
 /// The snake_case name serde gives a value (its metric label).
-fn label<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn label<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -116,6 +122,45 @@ impl Metrics {
             "test_cases",
             "Test cases run, by verdict (none: could not be judged)",
             test_cases.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting for an execution slot now (async submissions included)",
+            queue_depth.clone(),
+        );
+        // 0 (a free slot) lands in the first bucket; the last is the 30 s default timeout.
+        let queue_wait_seconds = Histogram::new([
+            0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+        ]);
+        registry.register(
+            "queue_wait_seconds",
+            "Time a request waited for its execution slot (0 when one was free)",
+            queue_wait_seconds.clone(),
+        );
+        let slots_in_use = Gauge::default();
+        registry.register(
+            "slots_in_use",
+            "Execution slots held now: running jobs, VMs still being destroyed, sandboxes",
+            slots_in_use.clone(),
+        );
+        let async_executions = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "async_executions",
+            "Async executions by how they ended (completed, timeout, ..., cancelled, rejected, expired)",
+            async_executions.clone(),
+        );
+        let async_stored = Gauge::default();
+        registry.register(
+            "async_stored",
+            "Async executions held in memory now (pending and finished)",
+            async_stored.clone(),
+        );
+        let async_stored_bytes = Gauge::default();
+        registry.register(
+            "async_stored_bytes",
+            "Bytes reserved for async results now (a pending one reserves its worst case)",
+            async_stored_bytes.clone(),
         );
         let vm_boots = Counter::default();
         registry.register("vm_boots", "VM starts attempted", vm_boots.clone());
@@ -192,7 +237,38 @@ impl Metrics {
             sandbox_execs,
             compiles,
             test_cases,
+            queue_depth,
+            queue_wait_seconds,
+            slots_in_use,
+            async_executions,
+            async_stored,
+            async_stored_bytes,
         }
+    }
+
+    pub fn queue_depth(&self, n: usize) {
+        self.queue_depth.set(n as i64);
+    }
+
+    pub fn queue_waited(&self, d: std::time::Duration) {
+        self.queue_wait_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn slots_in_use(&self, n: usize) {
+        self.slots_in_use.set(n as i64);
+    }
+
+    pub fn async_ended(&self, status: &str) {
+        self.async_executions
+            .get_or_create(&StatusLabel {
+                status: status.into(),
+            })
+            .inc();
+    }
+
+    pub fn async_stored(&self, count: usize, bytes: u64) {
+        self.async_stored.set(count as i64);
+        self.async_stored_bytes.set(bytes as i64);
     }
 
     pub fn sandbox_started(&self) {

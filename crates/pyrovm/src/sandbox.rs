@@ -287,7 +287,7 @@ impl Sandboxes {
         cmd: SandboxCommand,
     ) -> Result<SandboxInfo, SandboxError> {
         let _reservation = self.reserve(caller)?;
-        let admitted = executor.admit()?;
+        let admitted = executor.admit(caller, executor.wait_for(None)).await?;
         let received = Instant::now();
         let extra = cmd
             .limits
@@ -552,7 +552,7 @@ impl Sandboxes {
         let received = Instant::now();
         let sb = self.get(caller, id)?;
         let mut guard = self.hold_owned(&sb).await?;
-        let admitted = executor.admit()?;
+        let admitted = executor.admit(caller, executor.wait_for(None)).await?;
         let vm = guard.as_mut().ok_or_else(|| self.ended_error(&sb))?;
         for f in &cmd.files {
             match self

@@ -25,12 +25,14 @@ use tvm_api::{
 use tvm_proto::Stream;
 
 use crate::core::{relay_live, CoreError, Executor, OutputChunk};
-use crate::middleware::{self, Tokens};
+use crate::middleware::{self, Caller, Tokens};
 use tvm_http::{error_response, BodyError};
 
 #[derive(Debug)]
 pub struct AppState {
     pub executor: Arc<Executor>,
+    /// Async executions and their results (`/v1/executions`).
+    pub executions: Arc<crate::executions::Executions>,
     pub languages: &'static LanguageTable,
     /// Installed version of each language (from the image's manifest).
     pub versions: std::collections::BTreeMap<String, String>,
@@ -60,8 +62,11 @@ pub enum Failure {
     BadBody(String),
     Core(CoreError),
     Sandbox(crate::sandbox::SandboxError),
+    Async(crate::executions::AsyncError),
     NotFound,
     NotReady,
+    /// A bug (logged where it happened); the client learns nothing more.
+    Internal,
 }
 
 impl IntoResponse for Failure {
@@ -70,24 +75,27 @@ impl IntoResponse for Failure {
             Failure::Invalid(e) => (StatusCode::BAD_REQUEST, e.code(), e.to_string(), None),
             Failure::BodyTooLarge => return BodyError::TooLarge.into_response(),
             Failure::BadBody(m) => return BodyError::Unreadable(m).into_response(),
-            Failure::Core(e @ CoreError::AtCapacity(_)) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "at_capacity",
-                e.to_string(),
-                Some(1),
-            ),
-            Failure::Core(e @ CoreError::ShuttingDown) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-                Some(5),
-            ),
-            Failure::Core(e @ CoreError::NoSpace { .. }) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_space",
-                e.to_string(),
-                Some(5),
-            ),
+            Failure::Core(e) => {
+                let (status, code) = match e {
+                    CoreError::AtCapacity { .. } => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
+                    CoreError::QueueTimeout { .. } => {
+                        (StatusCode::TOO_MANY_REQUESTS, "queue_timeout")
+                    }
+                    CoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                    CoreError::NoSpace { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_space"),
+                };
+                (status, code, e.to_string(), Some(e.retry_after_s()))
+            }
+            Failure::Async(crate::executions::AsyncError::Core(e)) => {
+                return Failure::Core(e).into_response()
+            }
+            Failure::Async(e) => {
+                let (status, code) = match e {
+                    crate::executions::AsyncError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    _ => (StatusCode::TOO_MANY_REQUESTS, "async_full"),
+                };
+                (status, code, e.to_string(), e.retry_after_s())
+            }
             Failure::Sandbox(crate::sandbox::SandboxError::Core(e)) => {
                 return Failure::Core(e).into_response()
             }
@@ -99,6 +107,12 @@ impl IntoResponse for Failure {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such endpoint".into(),
+                None,
+            ),
+            Failure::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the service log".into(),
                 None,
             ),
             Failure::NotReady => (
@@ -124,6 +138,7 @@ pub fn router(
         .route("/v1/execute/stream", post(execute_stream))
         .route("/v1/languages", get(languages))
         .merge(crate::api::sandboxes::routes())
+        .merge(crate::api::executions::routes())
         .route("/api/v2/runtimes", get(crate::piston::runtimes))
         .route("/api/v2/execute", post(crate::piston::execute))
         .route("/healthz", get(healthz))
@@ -174,6 +189,15 @@ pub(crate) fn read_body(
             }
             other => Failure::BadBody(other.body_text()),
         }
+    })
+}
+
+/// The caller the token middleware recorded (it always does, `anonymous` when auth
+/// is off); its absence is a bug, never a reason to let a request through as anyone.
+pub(crate) fn caller(ext: Option<axum::Extension<Caller>>) -> Result<Caller, Failure> {
+    ext.map(|axum::Extension(c)| c).ok_or_else(|| {
+        tracing::error!("a request without a caller");
+        Failure::Internal
     })
 }
 
@@ -238,10 +262,17 @@ pub(crate) fn log_finished(resp: &ExecuteResponse) {
     ), security((), ("bearer" = [])))]
 pub(crate) async fn execute(
     State(st): State<Arc<AppState>>,
+    who: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
+    let who = caller(who)?;
     let cmd = command(&st, body)?;
-    let resp = st.executor.execute(cmd).await.map_err(Failure::Core)?;
+    let wait = st.executor.wait_for(None);
+    let resp = st
+        .executor
+        .execute(&who, cmd, wait)
+        .await
+        .map_err(Failure::Core)?;
     log_finished(&resp);
     Ok(Json(resp).into_response())
 }
@@ -266,10 +297,16 @@ const SSE_KEEPALIVE: Duration = Duration::from_secs(1);
     ), security((), ("bearer" = [])))]
 pub(crate) async fn execute_stream(
     State(st): State<Arc<AppState>>,
+    who: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
+    let who = caller(who)?;
     let cmd = command(&st, body)?;
-    let admitted = st.executor.admit().map_err(Failure::Core)?;
+    let admitted = st
+        .executor
+        .admit(&who, st.executor.wait_for(None))
+        .await
+        .map_err(Failure::Core)?;
     let runner = st.clone();
     Ok(sse(move |chunk_tx| async move {
         runner.executor.run(admitted, cmd, Some(chunk_tx)).await

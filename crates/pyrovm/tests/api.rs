@@ -58,7 +58,7 @@ async fn bad_requests_get_their_4xx_and_start_no_vm() {
         0.0,
         "a bad request started a VM"
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -101,8 +101,14 @@ async fn endpoints_answer() {
 }
 
 #[tokio::test]
-async fn over_capacity_gets_429_with_retry_after() {
-    let Some(srv) = TestServer::start(|c| c.max_concurrency = 1).await else {
+async fn over_capacity_without_a_queue_gets_429_with_retry_after() {
+    // `max_queued = 0`: no waiting at all (the queue itself: tests/queue.rs).
+    let Some(srv) = TestServer::start(|c| {
+        c.max_concurrency = 1;
+        c.max_queued = Some(0);
+    })
+    .await
+    else {
         return;
     };
     let slow = json!({"language": "bash", "code": "sleep 3; echo slow"});
@@ -123,7 +129,7 @@ async fn over_capacity_gets_429_with_retry_after() {
     };
     // Wait until the first request holds the only slot.
     for _ in 0..100 {
-        if srv.metric("tvm_inflight_executions").await >= 1.0 {
+        if srv.metric("tvm_slots_in_use").await >= 1.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -136,11 +142,12 @@ async fn over_capacity_gets_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 429);
-    assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
+    // No slot was released yet, so no drain rate: the fallback of 5 s.
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "5");
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "at_capacity");
     assert_eq!(first.await.unwrap(), 200);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -206,7 +213,7 @@ async fn a_guest_that_never_becomes_ready_is_a_sandbox_error_naming_the_backend(
             .await,
         1.0
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 

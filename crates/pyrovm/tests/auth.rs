@@ -105,7 +105,7 @@ async fn tokens_guard_every_surface_and_never_reach_the_logs() {
         .await
         .unwrap();
     assert_eq!(v["stdout"], "authed\n", "{v}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

@@ -288,7 +288,7 @@ async fn a_sandbox_is_served_by_its_owner_through_any_instance() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(metric(&a, "tvm_sandboxes_active").await, 0.0);
-    a.assert_no_vms();
+    a.assert_no_vms().await;
 
     // A sandbox of an instance that is gone: B says so, with Retry-After.
     let (status, body) = call(

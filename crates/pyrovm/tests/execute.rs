@@ -9,7 +9,7 @@ async fn run_ok(srv: &TestServer, body: serde_json::Value) -> serde_json::Value 
     let (status, v) = srv.execute(body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "completed", "{v}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     v
 }
 

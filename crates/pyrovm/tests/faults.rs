@@ -145,7 +145,7 @@ async fn a_vmm_killed_mid_request_fails_that_request_only() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"], "bystander\n", "{v}");
     eprintln!("fault | VMM SIGKILL mid-request | victim sandbox_error after {answered:?}; bystander completed");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -347,6 +347,6 @@ async fn a_full_runtime_filesystem_is_a_503_not_a_crash() {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"], "back\n");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -101,7 +101,7 @@ async fn firecracker_end_to_end_or_clean_failure() {
             .execute(json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 1000}}))
             .await;
         assert_eq!(v["status"], "timeout", "{v}");
-        srv.assert_no_vms();
+        srv.assert_no_vms().await;
         srv.stop().await;
         // Snapshot clones: each restored into its own jail, each unique.
         let Some(srv) = common::TestServer::start(|c| {
@@ -136,7 +136,7 @@ async fn firecracker_end_to_end_or_clean_failure() {
                 .await,
             2.0
         );
-        srv.assert_no_vms();
+        srv.assert_no_vms().await;
         srv.stop().await;
         return;
     }

@@ -144,13 +144,19 @@ async fn unary_streaming_languages_health_and_reflection() {
     assert!(services.contains(&"tvm.v1.Execution"), "{services:?}");
     assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
 
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn errors_map_to_grpc_codes() {
-    let Some(srv) = TestServer::start(|c| c.max_concurrency = 1).await else {
+    // No queue: a second request is refused at once (the queue: tests/queue.rs).
+    let Some(srv) = TestServer::start(|c| {
+        c.max_concurrency = 1;
+        c.max_queued = Some(0);
+    })
+    .await
+    else {
         return;
     };
     let mut client = ExecutionClient::new(channel(&srv).await);
@@ -192,7 +198,7 @@ async fn errors_map_to_grpc_codes() {
     let retry = e.get_details_retry_info().expect("RetryInfo");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
     while holder.message().await.unwrap().is_some() {}
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -303,7 +309,7 @@ async fn compiled_language_test_cases_and_compile_error() {
     assert_eq!(resp.tests[1].exit_code, Some(0));
     assert_eq!(resp.verdict(), pb::Verdict::WrongAnswer, "{resp:?}");
     assert!(resp.stdout.is_empty(), "with tests, no top-level output");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 
     // A compile error: COMPILE_ERROR, the compiler's message in the compile stage,
     // and the program never ran.
@@ -332,6 +338,177 @@ async fn compiled_language_test_cases_and_compile_error() {
     assert!(said.contains("undeclared_thing"), "{said}");
     assert!(stream.message().await.unwrap().is_none());
 
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
+    srv.stop().await;
+}
+
+/// `msg` with `authorization: Bearer <token>`.
+fn as_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    r
+}
+
+fn get_execution(id: &str, wait: bool) -> pb::GetExecutionRequest {
+    pb::GetExecutionRequest {
+        id: id.into(),
+        wait,
+        timeout_ms: wait.then_some(30_000),
+    }
+}
+
+async fn listed(c: &mut ExecutionClient<Channel>, token: &str) -> Vec<pb::ExecutionSummary> {
+    c.list_executions(as_token(token, pb::ListExecutionsRequest {}))
+        .await
+        .expect("ListExecutions")
+        .into_inner()
+        .executions
+}
+
+fn done(r: pb::ExecutionResult) -> pb::ExecuteResponse {
+    match r.outcome {
+        Some(pb::execution_result::Outcome::Done(resp)) => resp,
+        other => panic!("not done: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn async_executions_submit_batch_wait_cancel_and_token_isolation() {
+    let Some(srv) = TestServer::start(|c| c.tokens = vec!["a".into(), "b".into()]).await else {
+        return;
+    };
+    let mut client = ExecutionClient::new(channel(&srv).await);
+
+    // Submit answers at once, queued, with an id.
+    let state = client
+        .submit(as_token("a", req("bash", "echo hi")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.status(), pb::AsyncStatus::Queued, "{state:?}");
+    assert!(state.id.starts_with("ex-"), "{state:?}");
+    let id = state.id;
+
+    // Another token sees nothing: NOT_FOUND, as if it never existed; so is a made-up id.
+    let e = client
+        .get_execution(as_token("b", get_execution(&id, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = client
+        .cancel_execution(as_token("b", pb::ExecutionRef { id: id.clone() }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let theirs = listed(&mut client, "b").await;
+    assert!(theirs.is_empty(), "{theirs:?}");
+    let e = client
+        .get_execution(as_token("a", get_execution("ex-made-up", false)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // Waiting returns the result once it ran.
+    let resp = done(
+        client
+            .get_execution(as_token("a", get_execution(&id, true)))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(resp.status(), pb::Status::Completed, "{resp:?}");
+    assert_eq!(String::from_utf8_lossy(&resp.stdout), "hi\n");
+    assert_eq!(resp.id, id);
+
+    // A batch: one state per request, in order.
+    let batch = client
+        .submit_batch(as_token(
+            "a",
+            pb::SubmitBatchRequest {
+                executions: vec![req("bash", "echo one"), req("bash", "echo two")],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.executions.len(), 2, "{batch:?}");
+    for s in &batch.executions {
+        assert_eq!(s.status(), pb::AsyncStatus::Queued, "{s:?}");
+    }
+    assert_ne!(batch.executions[0].id, batch.executions[1].id);
+    let before = listed(&mut client, "a").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(
+        (before[0].id.as_str(), before[0].status.as_str()),
+        (id.as_str(), "completed")
+    );
+
+    // One bad request refuses the whole batch, naming it; nothing is submitted.
+    let e = client
+        .submit_batch(as_token(
+            "a",
+            pb::SubmitBatchRequest {
+                executions: vec![req("bash", "echo ok"), req("cobol", "x")],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("executions[1]: "), "{e:?}");
+    let bad = e.get_details_bad_request().expect("BadRequest details");
+    assert_eq!(bad.field_violations[0].field, "unknown_language");
+    assert_eq!(listed(&mut client, "a").await.len(), before.len());
+
+    for (s, want) in batch.executions.iter().zip(["one\n", "two\n"]) {
+        let resp = done(
+            client
+                .get_execution(as_token("a", get_execution(&s.id, true)))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(String::from_utf8_lossy(&resp.stdout), want, "{resp:?}");
+    }
+
+    // Cancelling a running job destroys its VM and forgets it.
+    let long = client
+        .submit(as_token("a", req("bash", "sleep 30")))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get_execution(as_token("a", get_execution(&long.id, false)))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::execution_result::Outcome::Pending(s)) = r.outcome else {
+            panic!("sleep 30 ended early: {r:?}")
+        };
+        if s.status() == pb::AsyncStatus::Running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .cancel_execution(as_token(
+            "a",
+            pb::ExecutionRef {
+                id: long.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .get_execution(as_token("a", get_execution(&long.id, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -326,7 +326,7 @@ async fn a_session_over_grpc_with_files_streaming_and_token_isolation() {
     c.delete(as_token("a", sandbox_ref(&id)))
         .await
         .expect("delete");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     let e = c
         .get(as_token("a", sandbox_ref(&id)))
         .await
@@ -428,6 +428,6 @@ async fn caps_and_a_busy_sandbox_are_retryable_statuses() {
     );
 
     c.delete(sandbox_ref(&id)).await.expect("delete");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

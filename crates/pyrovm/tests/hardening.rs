@@ -296,7 +296,7 @@ async fn a_qemu_vm_runs_unprivileged_in_its_own_cgroup() {
     assert_eq!(v["status"], "completed", "{v}");
     assert_eq!(v["stdout"], "done\n", "{v}");
     assert_gone(&srv, &q).await;
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -367,6 +367,6 @@ async fn snapshot_clones_run_unprivileged_and_cannot_write_the_shared_ram() {
         "both jobs ran in clones"
     );
     assert_eq!(srv.metric("tvm_vm_boots_total").await, 0.0, "no cold boot");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

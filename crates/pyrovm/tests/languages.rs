@@ -220,7 +220,7 @@ async fn check_language(lang: &str) {
         assert_eq!(v["compile"]["status"], "completed", "{lang}: {v}");
         assert_eq!(v["compile"]["exit_code"], 0, "{lang}: {v}");
     }
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 
     // The same program as two test cases: one compile, a verdict each; the
     // runtime error's exit code comes back.
@@ -241,7 +241,7 @@ async fn check_language(lang: &str) {
     assert_eq!(cases[1]["verdict"], "runtime_error", "{lang}: {v}");
     assert_eq!(cases[1]["exit_code"], 3, "{lang}: {v}");
     assert_eq!(v["verdict"], "runtime_error", "{lang}: {v}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 
     if compiled {
         let (bad, marker) = compile_error(lang);
@@ -257,7 +257,7 @@ async fn check_language(lang: &str) {
         assert!(said.contains(marker), "{lang}: no {marker:?} in {v}");
         assert_eq!(v["stdout"], "", "the program must not run: {v}");
         assert!(v["exit_code"].is_null(), "{lang}: {v}");
-        srv.assert_no_vms();
+        srv.assert_no_vms().await;
 
         let (status, v) = srv
             .execute(json!({
@@ -269,7 +269,7 @@ async fn check_language(lang: &str) {
         assert_eq!(v["status"], "compile_error", "{lang}: {v}");
         assert_eq!(v["compile"]["status"], "timeout", "{lang}: {v}");
         assert_eq!(v["stdout"], "", "{lang}: {v}");
-        srv.assert_no_vms();
+        srv.assert_no_vms().await;
     }
     srv.stop().await;
 }

@@ -19,7 +19,7 @@ async fn healthy(srv: &TestServer) {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"], "still ok\n", "{v}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 }
 
 #[tokio::test]
@@ -44,7 +44,7 @@ async fn infinite_loop_times_out_on_time() {
         wall <= vm_start + 2000 + TIMEOUT_SLACK_MS + 1_000,
         "wall {wall} ms, vm_start {vm_start} ms"
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     healthy(&srv).await;
     srv.stop().await;
 }
@@ -144,6 +144,6 @@ print("work and tmp are writable")
     assert!(!out.contains("WROTE"), "{out}");
     assert!(out.contains("denied /x EROFS"), "{out}");
     assert!(out.contains("work and tmp are writable"), "{out}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -78,7 +78,7 @@ async fn runtimes_and_success() {
         v.get("compile").is_none(),
         "no compile stage for interpreted languages"
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -117,7 +117,7 @@ async fn runtime_error_timeout_and_output_limit() {
         .await;
     assert_eq!(v["run"]["status"], "OL", "{v}");
     assert_eq!(v["run"]["stdout"].as_str().unwrap().len(), 4096);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -326,7 +326,7 @@ int main() { std::map<int, std::regex> m; std::cout << m.size() << std::endl; }
         "compile timeout answered in {:?} (compile wall_time {wall} ms)",
         started.elapsed()
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -424,6 +424,6 @@ console.log(JSON.stringify({ runtimes, result }));
     assert_eq!(result["run"]["stderr"], "err\n");
     assert_eq!(result["run"]["code"], 0);
     assert!(result["run"]["signal"].is_null());
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -305,7 +305,7 @@ async fn a_sandbox_keeps_files_and_processes_across_execs() {
     assert_eq!(list["sandboxes"].as_array().unwrap().len(), 1);
 
     assert_eq!(api.delete(&id).await.0, 204);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     assert_eq!(api.get(&id).await.0, 404);
     let (code, v) = api
         .exec(&id, json!({"language": "bash", "code": "true"}))
@@ -525,7 +525,7 @@ async fn sandboxes_and_tokens_are_isolated() {
     for (api, id) in [(&a, &a1), (&a, &a2), (&b, &b1)] {
         assert_eq!(api.delete(id).await.0, 204);
     }
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -598,7 +598,7 @@ async fn sandboxes_end_at_ttl_idle_timeout_and_vm_death() {
             .contains("microVM stopped"),
         "{v}"
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 
     let ttl = api
         .create_ok(json!({"ttl_s": 3, "idle_timeout_s": 100}))
@@ -638,7 +638,7 @@ async fn sandboxes_end_at_ttl_idle_timeout_and_vm_death() {
     // Deleting an ended one says it ended.
     assert_eq!(api.delete(&ttl).await.0, 410);
     assert_eq!(srv.metric("tvm_sandboxes_active").await, 0.0);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 

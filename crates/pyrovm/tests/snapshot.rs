@@ -76,7 +76,7 @@ async fn clones_differ_in_random_state_and_have_the_host_clock() {
         "both requests ran in clones"
     );
     assert_eq!(srv.metric("tvm_vm_boots_total").await, 0.0, "no cold boot");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await; // also asserts the snapshot files are gone
 }
 
@@ -109,7 +109,7 @@ async fn a_failed_restore_is_discarded_and_the_request_still_succeeds() {
         1.0,
         "cold boot instead"
     );
-    srv.assert_no_vms(); // the failed clone's QEMU and dir are gone
+    srv.assert_no_vms().await; // the failed clone's QEMU and dir are gone
     srv.stop().await;
 }
 

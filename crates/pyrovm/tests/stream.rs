@@ -89,7 +89,7 @@ async fn output_streams_before_the_program_ends_then_exit() {
         exit.get("stdout").is_none(),
         "exit event must not repeat the output: {exit}"
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -201,6 +201,6 @@ async fn a_compiled_program_streams_its_run_and_the_exit_event_carries_compile_a
     assert_eq!(exit["verdict"], "wrong_answer", "{exit}");
     assert_eq!(exit["tests"][0]["verdict"], "accepted", "{exit}");
     assert_eq!(exit["tests"][1]["stdout"], "4\n", "{exit}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

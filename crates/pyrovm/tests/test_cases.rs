@@ -91,7 +91,7 @@ async fn one_compile_three_cases_three_verdicts() {
     let after = srv.metric("tvm_compiles_total").await;
     assert_eq!(after - before, 1.0, "compiles: {before} -> {after}");
     assert!(srv.metric("tvm_test_cases_total").await >= 5.0);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -114,7 +114,7 @@ async fn no_case_sees_what_another_wrote() {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["verdict"], "accepted", "{v}");
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 
     // Interpreted languages get the same fresh work dir for every case.
     let (status, v) = srv
@@ -130,7 +130,7 @@ async fn no_case_sees_what_another_wrote() {
     assert_eq!(cases[0]["stdout"], "['data.txt', 'f', 'main.py']\n", "{v}");
     assert_eq!(cases[1]["stdout"], "['data.txt', 'main.py']\n", "{v}");
     assert!(v["compile"].is_null());
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -162,6 +162,6 @@ async fn bad_test_requests_are_refused_before_any_vm() {
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
     }
     assert_eq!(srv.metric("tvm_vm_boots_total").await, 0.0);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -4,6 +4,7 @@
 //! sees an unvalidated request.
 
 mod cases;
+mod executions;
 mod languages;
 mod sandbox;
 mod types;
@@ -11,6 +12,10 @@ mod validate;
 mod verdict;
 
 pub use cases::CaseCommand;
+pub use executions::{
+    validate_batch, AsyncStatus, BatchAccepted, BatchRequest, ExecutionList, ExecutionOutcome,
+    ExecutionState, ExecutionSummary,
+};
 pub use languages::{public_class, Language, LanguageError, LanguageTable};
 pub use sandbox::{
     parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,

@@ -48,6 +48,22 @@ impl ExecuteCommand {
             .max()
             .unwrap_or(self.limits.memory_mb)
     }
+
+    /// The longest the job itself may take in its VM: the compile stage (if the
+    /// language compiles) plus the run, or every test case one after another.
+    pub fn run_time_bound_ms(&self) -> u64 {
+        let compile = if self.language.compiles() {
+            self.limits.compile_timeout_ms
+        } else {
+            0
+        };
+        let run = if self.tests.is_empty() {
+            self.limits.timeout_ms
+        } else {
+            self.tests.iter().map(|c| c.limits.timeout_ms).sum()
+        };
+        compile + run
+    }
 }
 
 /// Resolved limits of one execution.
@@ -192,6 +208,14 @@ pub enum ValidationError {
     SandboxLimit(&'static str),
     #[error("{0}")]
     Conflict(&'static str),
+    #[error("a batch holds 1 to {max} requests, got {got}")]
+    BatchSize { max: usize, got: usize },
+    /// A request of a batch (its code is the request's own).
+    #[error("executions[{index}]: {inner}")]
+    InBatch {
+        index: usize,
+        inner: Box<ValidationError>,
+    },
 }
 
 impl ValidationError {
@@ -206,6 +230,8 @@ impl ValidationError {
             Self::InvalidPath { .. } | Self::InvalidGlob { .. } => "invalid_path",
             Self::SandboxLimit(_) | Self::Conflict(_) => "invalid_argument",
             Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
+            Self::BatchSize { .. } => "batch_size",
+            Self::InBatch { inner, .. } => inner.code(),
         }
     }
 }
@@ -501,6 +527,27 @@ pub(crate) mod tests {
 
     pub(crate) fn check(r: ExecuteRequest) -> Result<ExecuteCommand, ValidationError> {
         validate(r, LanguageTable::builtin(), &LimitBounds::default())
+    }
+
+    #[test]
+    fn run_time_bound_adds_the_compile_and_every_case() {
+        let t = LanguageTable::builtin();
+        let b = LimitBounds::default();
+        let py = validate(req("python", "print(1)"), t, &b).unwrap();
+        assert_eq!(py.run_time_bound_ms(), py.limits.timeout_ms);
+        let mut r = req("c", "int main(){}");
+        r.tests = vec![
+            serde_json::from_value(
+                serde_json::json!({"stdin": "1", "limits": {"timeout_ms": 500}}),
+            )
+            .unwrap(),
+            serde_json::from_value(
+                serde_json::json!({"stdin": "2", "limits": {"timeout_ms": 700}}),
+            )
+            .unwrap(),
+        ];
+        let c = validate(r, t, &b).unwrap();
+        assert_eq!(c.run_time_bound_ms(), c.limits.compile_timeout_ms + 1200);
     }
 
     #[test]

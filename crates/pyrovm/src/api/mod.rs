@@ -1,4 +1,5 @@
 //! Front doors that are thin adapters over the core. (`/v1/execute`, gRPC and
 //! Piston still live in `server`, `grpc` and `piston`.)
 
+pub mod executions;
 pub mod sandboxes;

@@ -61,13 +61,8 @@ pub(crate) fn status_of(e: &SandboxError) -> (StatusCode, &'static str, Option<u
     }
 }
 
-/// The caller the token middleware recorded (it always does, `anonymous` when auth
-/// is off); its absence is a bug, never a reason to let a request through as anyone.
 fn caller(ext: Option<Extension<Caller>>) -> Result<Caller, Failure> {
-    ext.map(|Extension(c)| c).ok_or_else(|| {
-        tracing::error!("a sandbox request without a caller");
-        Failure::Sandbox(SandboxError::Internal)
-    })
+    crate::server::caller(ext)
 }
 
 /// Create a sandbox: one microVM kept for a session, in memory only.

@@ -97,8 +97,12 @@ pub async fn runtimes(State(st): State<Arc<AppState>>) -> Json<Vec<PistonRuntime
     ), security((), ("bearer" = [])))]
 pub async fn execute(
     State(st): State<Arc<AppState>>,
+    who: Option<axum::Extension<tvm_http::middleware::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Ok(who) = crate::server::caller(who) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
     let body = match body {
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(e))
@@ -132,18 +136,23 @@ pub async fn execute(
         }
     };
     let lang = cmd.language.clone();
-    let admitted = match st.executor.admit() {
+    // Piston queues too: a burst waits for a slot instead of being refused.
+    let admitted = match st.executor.admit(&who, st.executor.wait_for(None)).await {
         Ok(a) => a,
-        Err(e @ CoreError::AtCapacity(_)) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            return r;
-        }
         Err(e) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            let status = match e {
+                CoreError::AtCapacity { .. } | CoreError::QueueTimeout { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                CoreError::ShuttingDown | CoreError::NoSpace { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            let mut r = error(status, e.to_string());
+            r.headers_mut().insert(
+                "retry-after",
+                axum::http::HeaderValue::from(e.retry_after_s()),
+            );
             return r;
         }
     };

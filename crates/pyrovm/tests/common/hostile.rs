@@ -207,7 +207,7 @@ pub async fn run(
         wall_ms.saturating_sub(vm_start),
         ran.context()
     );
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
     ran
 }
 
@@ -225,7 +225,7 @@ pub async fn healthy(srv: &TestServer, after: &Ran) {
         after.case
     );
     assert_eq!(v["stdout"], "ok\n", "follow-up after {}: {v}", after.case);
-    srv.assert_no_vms();
+    srv.assert_no_vms().await;
 }
 
 /// The number after `prefix` in `text` (e.g. `max 12` → 12).

@@ -126,8 +126,18 @@ impl TestServer {
         }
     }
 
-    /// Asserts that no VM of this server is left: no VM dir, no VMM process.
-    pub fn assert_no_vms(&self) {
+    /// Asserts that no VM of this server is left: no VM dir, no VMM process. A VM is
+    /// destroyed right after its answer, holding its execution slot until it is
+    /// gone: so this waits for every slot to be free, then nothing may be left.
+    pub async fn assert_no_vms(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.metric("tvm_slots_in_use").await > 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "execution slots still held after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let vms: Vec<_> = std::fs::read_dir(self.runtime_dir.join("vms"))
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
