@@ -1,27 +1,76 @@
 //! The job's cgroup (v2, inside the guest): memory, pids, and kill-all.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     dir: PathBuf,
+    /// `cgroup.procs`, if it was opened ahead of time.
+    procs: Option<File>,
 }
 
+/// The first one-shot job's cgroup, made while the VM waits for its job (see
+/// [`JobCgroup::prepare`]): what does not depend on the job is written, and the
+/// files the job writes are open, so the job itself costs two writes.
+struct Ahead {
+    dir: PathBuf,
+    memory_max: File,
+    pids_max: File,
+    procs: File,
+}
+
+static AHEAD: Mutex<Option<Ahead>> = Mutex::new(None);
+
+/// Name of the first one-shot job's cgroup.
+const FIRST: &str = "job";
+
 impl JobCgroup {
+    /// Makes the first one-shot job's cgroup ahead of its job: its fixed settings
+    /// written and the files it needs open. Nothing runs in it until the job.
+    pub(crate) fn prepare() -> std::io::Result<()> {
+        let mut ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner());
+        if ahead.is_some() {
+            return Ok(());
+        }
+        fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory +pids")?;
+        let dir = PathBuf::from(ROOT).join(FIRST);
+        fs::create_dir_all(&dir)?;
+        let _ = fs::write(dir.join("memory.swap.max"), "0");
+        fs::write(dir.join("memory.oom.group"), "1")?;
+        let open = |name: &str| fs::OpenOptions::new().write(true).open(dir.join(name));
+        *ahead = Some(Ahead {
+            memory_max: open("memory.max")?,
+            pids_max: open("pids.max")?,
+            procs: open("cgroup.procs")?,
+            dir,
+        });
+        Ok(())
+    }
+
     /// A one-shot job's cgroup: `job` for the first (made ahead of time by
-    /// `prepare_ahead`), `job2`, `job3`, ... for later jobs of the same VM.
+    /// [`JobCgroup::prepare`]), `job2`, `job3`, ... for later jobs of the same VM.
     pub(crate) fn create(memory_bytes: u64, max_processes: u32) -> std::io::Result<Self> {
         static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let name = if n == 1 {
-            "job".to_string()
-        } else {
-            format!("job{n}")
-        };
-        Self::create_named(&name, memory_bytes, max_processes)
+        if n == 1 {
+            let ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(mut a) = ahead {
+                a.memory_max
+                    .write_all(memory_bytes.to_string().as_bytes())?;
+                a.pids_max.write_all(max_processes.to_string().as_bytes())?;
+                return Ok(Self {
+                    dir: a.dir,
+                    procs: Some(a.procs),
+                });
+            }
+            return Self::create_named(FIRST, memory_bytes, max_processes);
+        }
+        Self::create_named(&format!("job{n}"), memory_bytes, max_processes)
     }
 
     /// A cgroup named `name` under the root, with memory and pids limits; an OOM
@@ -56,7 +105,7 @@ impl JobCgroup {
         // No swap exists, but be explicit.
         let _ = fs::write(dir.join("memory.swap.max"), "0");
         fs::write(dir.join("pids.max"), max_processes.to_string())?;
-        Ok(Self { dir })
+        Ok(Self { dir, procs: None })
     }
 
     /// A job's cgroup inside a sandbox's: an OOM kill ends the whole job (and only it).
@@ -64,7 +113,7 @@ impl JobCgroup {
         let dir = self.dir.join(name);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("memory.oom.group"), "1")?;
-        Ok(Self { dir })
+        Ok(Self { dir, procs: None })
     }
 
     /// Removes children whose processes have all ended (earlier jobs' cgroups that
@@ -84,9 +133,15 @@ impl JobCgroup {
         let _ = fs::remove_dir(&self.dir);
     }
 
-    /// Path of `cgroup.procs`, opened before fork so the child can join with one write.
-    pub(crate) fn procs_path(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    /// `cgroup.procs` for writing, opened before fork so the child can join with
+    /// one write.
+    pub(crate) fn open_procs(&self) -> std::io::Result<File> {
+        match &self.procs {
+            Some(f) => f.try_clone(),
+            None => fs::OpenOptions::new()
+                .write(true)
+                .open(self.dir.join("cgroup.procs")),
+        }
     }
 
     /// SIGKILLs every process in the job (cgroup.kill, Linux ≥ 5.14).

@@ -1,7 +1,6 @@
 //! Runs one job: files into a fresh tmpfs work dir, the program as an unprivileged
 //! user in its own cgroup, output streamed with a cap, a wall-clock deadline.
 
-use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -77,10 +76,56 @@ impl Session {
     }
 }
 
+/// What is left to do once a job has reported: empty and remove its cgroup (in a
+/// sandbox, remove it only if nothing runs in it any more) and, in a sandbox, remove
+/// the code file. [`Aftermath::finish`] runs after the report has been sent and
+/// before the next request is read, so the report does not wait for it and every
+/// later job (a one-shot VM may run several) starts with it done.
+#[must_use]
+pub(crate) struct Aftermath {
+    cgroup: Option<JobCgroup>,
+    in_session: bool,
+    code_file: Option<String>,
+}
+
+impl Aftermath {
+    pub(crate) fn finish(self) {
+        if let Some(cg) = self.cgroup {
+            if self.in_session {
+                cg.remove_if_empty();
+            } else {
+                cg.remove();
+            }
+        }
+        if let Some(f) = self.code_file {
+            // The code file is the exec's, not one of the sandbox's files.
+            crate::files::remove(&f);
+        }
+    }
+}
+
+/// Runs one job and reports how it ended; the caller sends the report, then
+/// finishes the [`Aftermath`].
 pub(crate) fn run(
     job: &Job,
     session: Option<&mut Session>,
     send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
+) -> (Result<ExitReport, JobError>, Aftermath) {
+    let in_session = session.is_some();
+    let mut after = Aftermath {
+        cgroup: None,
+        in_session,
+        code_file: in_session.then(|| job.code_file.clone()),
+    };
+    let report = start(job, session, send, &mut after);
+    (report, after)
+}
+
+fn start(
+    job: &Job,
+    session: Option<&mut Session>,
+    send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
+    after: &mut Aftermath,
 ) -> Result<ExitReport, JobError> {
     let _ = sys::set_clock(job.clock_unix_ns);
     let _ = sys::add_entropy(&job.entropy);
@@ -113,10 +158,20 @@ pub(crate) fn run(
             job.limits.workdir_bytes,
         ),
     };
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cg.procs_path())
-        .map_err(JobError::Cgroup)?;
+    let cg = after.cgroup.insert(cg);
+    execute(job, cg, fsize, in_session, send)
+}
+
+/// Runs the job's program in `cg` (its files are in place), streams its output
+/// through `send`, and says how it ended; the caller removes the cgroup.
+pub(crate) fn execute(
+    job: &Job,
+    cg: &JobCgroup,
+    fsize: u64,
+    in_session: bool,
+    send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
+) -> Result<ExitReport, JobError> {
+    let procs = cg.open_procs().map_err(JobError::Cgroup)?;
 
     let (program, args) = job.argv.split_first().ok_or(JobError::EmptyCommand)?;
     let mut cmd = Command::new(program);
@@ -134,6 +189,7 @@ pub(crate) fn run(
     unsafe {
         cmd.pre_exec(move || drop_into_sandbox(procs_fd, fsize));
     }
+    let (tx, rx) = mpsc::channel();
     let start = Instant::now();
     let spawning = reaper::lock_for_spawn();
     let mut child = cmd.spawn().map_err(|source| JobError::Spawn {
@@ -141,10 +197,15 @@ pub(crate) fn run(
         source,
     })?;
     let pid = Pid::from_raw(child.id() as i32);
-    let exited = spawning.watch(pid);
+    let exit_tx = tx.clone();
+    spawning.watch(
+        pid,
+        Box::new(move |st| {
+            let _ = exit_tx.send(Event::Exited(st));
+        }),
+    );
     drop(procs);
 
-    let (tx, rx) = mpsc::channel();
     // Set once this job has reported: its helper threads then let go (a process it
     // left in the background may hold its pipes for as long as the sandbox lives).
     let reported = Arc::new(AtomicBool::new(false));
@@ -164,14 +225,6 @@ pub(crate) fn run(
             let reported = reported.clone();
             std::thread::spawn(move || pump(pipe, stream, &tx, &reported));
         }
-    }
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(st) = exited.recv() {
-                let _ = tx.send(Event::Exited(st));
-            }
-        });
     }
     drop(tx);
 
@@ -220,8 +273,10 @@ pub(crate) fn run(
                     // A sandbox keeps what the job left running; it may hold the
                     // pipes open, so take what it wrote by now and report.
                     wake = Instant::now() + BACKGROUND_GRACE;
-                } else {
-                    // Background processes would keep the pipes open: end them all.
+                } else if eofs < 2 {
+                    // Background processes keep the pipes open: end them all.
+                    // (Otherwise what is left is ended after the report: the
+                    // caller's `Aftermath`.)
                     cg.kill_all();
                     wake = Instant::now() + DRAIN;
                 }
@@ -243,7 +298,15 @@ pub(crate) fn run(
     if exec_ms == 0 {
         exec_ms = start.elapsed().as_millis() as u64;
     }
-    let outcome = outcome.unwrap_or(if cg.oom_killed() {
+    // Every job cgroup has memory.oom.group set: an OOM kill inside the job
+    // SIGKILLs all of it, the program included (the job user cannot exempt a
+    // process). A program that exited by itself was not OOM-killed, and the
+    // counter need not be read.
+    let oom_killed = match status {
+        Some(WaitStatus::Exited(..)) => false,
+        _ => cg.oom_killed(),
+    };
+    let outcome = outcome.unwrap_or(if oom_killed {
         Outcome::MemoryLimit
     } else {
         Outcome::Completed
@@ -253,11 +316,6 @@ pub(crate) fn run(
         Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
         _ => (None, None),
     };
-    if in_session {
-        cg.remove_if_empty();
-    } else {
-        cg.remove();
-    }
     Ok(ExitReport {
         outcome,
         exit_code,
@@ -327,8 +385,7 @@ pub(crate) fn prepare_ahead() {
     if prepare_dirs(AHEAD_WORKDIR_BYTES).is_ok() {
         PREPARED.store(true, std::sync::atomic::Ordering::Release);
     }
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
-    let _ = std::fs::create_dir_all("/sys/fs/cgroup/job");
+    let _ = JobCgroup::prepare();
 }
 
 /// Mounts the work dirs with this size, or resizes them if mounted already.

@@ -11,6 +11,7 @@ mod drain;
 mod files;
 mod job;
 mod reaper;
+mod rehearse;
 mod sys;
 mod warm;
 
@@ -63,6 +64,7 @@ fn serve_until_work<T: std::io::Read + std::io::Write>(
     loop {
         match ch.recv()? {
             HostMsg::Warm(w) => {
+                rehearse::rehearse();
                 let ok = warm::warm(&w);
                 if ok < w.commands.len() {
                     eprintln!(
@@ -95,13 +97,11 @@ fn serve_one<T: std::io::Read + std::io::Write>(
     ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
 ) -> Result<(), tvm_proto::CodecError> {
     let session = &mut state.session;
+    let mut aftermath = None;
     let reply = match msg {
         HostMsg::Run(job) => {
-            let r = job::run(&job, session.as_mut(), &mut |m| ch.send(m));
-            if session.is_some() {
-                // The code file is the exec's, not one of the sandbox's files.
-                files::remove(&job.code_file);
-            }
+            let (r, after) = job::run(&job, session.as_mut(), &mut |m| ch.send(m));
+            aftermath = Some(after);
             match r {
                 Ok(report) => GuestMsg::Exit(report),
                 Err(e) => GuestMsg::Failed {
@@ -154,7 +154,7 @@ fn serve_one<T: std::io::Read + std::io::Write>(
             message: "warm-up and resume come before any work".into(),
         },
     };
-    match ch.send(reply) {
+    let sent = match ch.send(reply) {
         // A reply larger than a frame (a host asking for too much) is refused by the
         // codec before anything is written: say so instead of giving up the channel.
         Err(tvm_proto::CodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => ch
@@ -163,7 +163,12 @@ fn serve_one<T: std::io::Read + std::io::Write>(
                 message: "the answer is larger than one protocol frame".into(),
             }),
         r => r,
+    };
+    // A job's cleanup, once its report is on its way.
+    if let Some(after) = aftermath {
+        after.finish();
     }
+    sent
 }
 
 /// Boot, then serve requests until the host goes away (it normally destroys the

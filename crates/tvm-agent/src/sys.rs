@@ -41,9 +41,17 @@ pub(crate) fn add_entropy(bytes: &[u8]) -> std::io::Result<()> {
         buf: [0; 256],
     };
     info.buf[..n].copy_from_slice(&bytes[..n]);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/urandom")?;
+    // Opened once (before the snapshot, in a template): one open and close less per job.
+    static URANDOM: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let f = match URANDOM.get() {
+        Some(f) => f,
+        None => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/urandom")?;
+            URANDOM.get_or_init(|| f)
+        }
+    };
     // RNDADDENTROPY = _IOW('R', 0x03, int[2])
     const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
     // SAFETY: the fd is open; `info` is a live, correctly laid out rand_pool_info whose

@@ -2,16 +2,22 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
 
 use tvm_proto::{Resume, WarmUp};
 
 use crate::cgroup::JobCgroup;
-use crate::{job, sys};
+use crate::{job, reaper, sys};
 
 /// Memory and process caps for warm-up commands (they run before any user code).
 const WARM_MEMORY: u64 = 192 << 20;
 const WARM_PROCESSES: u32 = 64;
+/// How long a killed warm-up command may take to be gone.
+const KILLED: Duration = Duration::from_secs(5);
 
 /// Runs each command as the job user in a throwaway cgroup, output discarded, and
 /// returns how many exited with status 0. Nothing of them survives: the cgroup is
@@ -25,10 +31,7 @@ pub(crate) fn warm(w: &WarmUp) -> usize {
         let Ok(cg) = JobCgroup::create_named("warm", WARM_MEMORY, WARM_PROCESSES) else {
             return ok;
         };
-        let Ok(procs) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cg.procs_path())
-        else {
+        let Ok(procs) = cg.open_procs() else {
             cg.remove();
             return ok;
         };
@@ -45,23 +48,27 @@ pub(crate) fn warm(w: &WarmUp) -> usize {
         unsafe {
             cmd.pre_exec(move || job::drop_into_sandbox(procs_fd, 1 << 20));
         }
-        if let Ok(mut child) = cmd.spawn() {
-            let deadline = Instant::now() + Duration::from_millis(w.timeout_ms);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st)) => {
-                        ok += usize::from(st.success());
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    _ => {
+        // Through the reaper: it runs from the first job (or rehearsal) on, and
+        // a warm-up may come after it (a pooled clone is primed after `Resume`).
+        let spawning = reaper::lock_for_spawn();
+        match cmd.spawn() {
+            Err(_) => drop(spawning),
+            Ok(child) => {
+                let (tx, exited) = mpsc::channel();
+                spawning.watch(
+                    Pid::from_raw(child.id() as i32),
+                    Box::new(move |st| {
+                        let _ = tx.send(st);
+                    }),
+                );
+                let status = match exited.recv_timeout(Duration::from_millis(w.timeout_ms)) {
+                    Ok(st) => Some(st),
+                    Err(_) => {
                         cg.kill_all();
-                        let _ = child.wait();
-                        break;
+                        exited.recv_timeout(KILLED).ok()
                     }
-                }
+                };
+                ok += usize::from(matches!(status, Some(WaitStatus::Exited(_, 0))));
             }
         }
         drop(procs);
