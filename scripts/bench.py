@@ -11,15 +11,18 @@ original design); (b) bwrap — python3 run natively under bubblewrap.
 Needs: target/release/pyrovm, a built image (TVM_IMAGE_DIR or ~/.cache/tvm/current),
 bwrap. Stdlib only.
 """
-import base64, concurrent.futures as cf, json, os, shutil, socket, statistics, struct
+import base64, concurrent.futures as cf, json, os, re, shutil, socket, statistics, struct
 import subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.environ.get("TVM_IMAGE_DIR") or os.path.expanduser("~/.cache/tvm/current")
-PROTOCOL_VERSION = 3  # tvm-proto PROTOCOL_VERSION; the naive baseline speaks it too
+# The naive baseline speaks the agent's protocol too: its version, read from tvm-proto.
+PROTOCOL_VERSION = int(re.search(r"PROTOCOL_VERSION: u16 = (\d+);", open(
+    os.path.join(ROOT, "crates/tvm-proto/src/messages.rs")).read()).group(1))
 PYROVM = os.path.join(ROOT, "target/release/pyrovm")
 N = int(os.environ.get("BENCH_N", "20"))
 BODY = {"language": "python", "code": "print(1)"}
+TRUE = {"language": "bash", "code": "true"}
 
 
 def pct(xs, p):
@@ -39,7 +42,8 @@ def summary(xs):
 class Server:
     """pyrovm with one pool class (`pool_size` None: no class at all) and snapshots on or off."""
 
-    def __init__(self, pool_size, snapshot, memory_mb=256, max_concurrency=16, port=18090, prime=True):
+    def __init__(self, pool_size, snapshot, memory_mb=256, max_concurrency=None, port=18090, prime=True):
+        """`max_concurrency` None: the shipped default (2 × cores, a queue of 8× that)."""
         self.dir = tempfile.mkdtemp(prefix="tvm-bench-")
         self.url = f"http://127.0.0.1:{port}"
         self.snapshot = snapshot and pool_size is not None
@@ -47,8 +51,9 @@ class Server:
                 else f"[[pool]]\nvcpus = 1\nmemory_mb = {memory_mb}\nsize = {pool_size}\n")
         cfg = os.path.join(self.dir, "bench.toml")
         with open(cfg, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nmax_concurrency = {max_concurrency}\nboot_timeout_ms = 60000\n'
-                    f'runtime_dir = "{self.dir}/run"\nimage_dir = "{IMAGE}"\n'
+            f.write(f'listen = "127.0.0.1:{port}"\nboot_timeout_ms = 60000\n'
+                    + ("" if max_concurrency is None else f"max_concurrency = {max_concurrency}\n")
+                    + f'runtime_dir = "{self.dir}/run"\nimage_dir = "{IMAGE}"\n'
                     + ("" if prime else "pool_prime = []\n")  # top-level keys before any table
                     + pool + f'[snapshot]\nenabled = {"true" if snapshot else "false"}\n')
         self.proc = subprocess.Popen([PYROVM, "--config", cfg], stdout=subprocess.DEVNULL,
@@ -81,14 +86,21 @@ class Server:
                 raise RuntimeError("pool did not fill")
             time.sleep(0.05)
 
-    def execute(self, strict=True):
-        req = urllib.request.Request(self.url + "/v1/execute", json.dumps(BODY).encode(),
+    def execute(self, strict=True, body=BODY):
+        """(wall ms, answer); a refusal (429/503) answers {"status": "refused"} when not strict."""
+        req = urllib.request.Request(self.url + "/v1/execute", json.dumps(body).encode(),
                                      {"content-type": "application/json"})
         t0 = time.monotonic()
-        with urllib.request.urlopen(req, timeout=120) as r:
-            v = json.load(r)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                v = json.load(r)
+        except urllib.error.HTTPError as e:
+            if strict or e.code not in (429, 503):
+                raise
+            return (time.monotonic() - t0) * 1000, {"status": "refused", "code": e.code}
         wall = (time.monotonic() - t0) * 1000
-        ok = v["status"] == "completed" and v["stdout"] == "1\n"
+        want = "1\n" if body is BODY else ""
+        ok = v["status"] == "completed" and v["stdout"] == want
         assert ok or not strict, v
         return wall, v
 
@@ -165,7 +177,7 @@ def naive_once(tsc_khz):
     args = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", "-accel", "tcg",
             "-cpu", "max", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-smp", "1", "-m", "352M",
             "-kernel", f"{IMAGE}/vmlinux", "-initrd", f"{IMAGE}/initramfs.cpio",
-            "-append", f"console=ttyS0 quiet panic=-1 tvm.channel=virtio-serial tsc_early_khz={tsc_khz}",
+            "-append", f"console=ttyS0 quiet panic=-1 tvm.channel=virtio-serial tsc_early_khz={tsc_khz} tsc=reliable",
             "-serial", "null", "-drive", f"id=r,if=none,format=raw,readonly=on,file.locking=off,file={IMAGE}/rootfs.erofs",
             "-device", "virtio-blk-device,drive=r", "-device", "virtio-rng-device",
             "-device", "virtio-serial-device", "-chardev", f"socket,id=a,path={sock}",
@@ -232,12 +244,27 @@ def bwrap_once():
 
 
 def throughput(run_one, concurrency, total):
-    """Completed executions per second; failures are counted, not hidden."""
+    """Completed executions per second; failures and refusals are counted, not hidden.
+    `run_one` answers True (completed), False (failed) or "refused" (429/503)."""
     t0 = time.monotonic()
     with cf.ThreadPoolExecutor(concurrency) as ex:
-        oks = list(ex.map(lambda _: run_one(), range(total)))
+        outs = list(ex.map(lambda _: run_one(), range(total)))
     secs = time.monotonic() - t0
-    return {"per_s": sum(oks) / secs, "ok": sum(oks), "failed": total - sum(oks)}
+    ok = sum(1 for o in outs if o is True)
+    refused = sum(1 for o in outs if o == "refused")
+    return {"per_s": ok / secs, "ok": ok, "failed": total - ok - refused, "refused": refused}
+
+
+def tvm_throughput(s, concurrency, total, waits=None):
+    """`throughput` against server `s`, collecting each answer's timings_ms.queued in `waits`."""
+    def one():
+        _, v = s.execute(strict=False)
+        if v["status"] == "refused":
+            return "refused"
+        if waits is not None:
+            waits.append(v["timings_ms"]["queued"])
+        return v["status"] == "completed"
+    return throughput(one, concurrency, total)
 
 
 def svg(results, path):
@@ -401,7 +428,16 @@ def main():
             hits.append(wall)
             overhead.append(v["timings_ms"]["total"] - v["timings_ms"]["exec"])
         res["latency_ms"]["pool_hit"] = summary(hits)
-        res["overhead_ms"] = {**summary(overhead), "what": "server total minus in-guest exec (ms resolution)"}
+        res["overhead_ms"] = {**summary(overhead), "what": "server total minus in-guest exec (ms resolution), python print(1)"}
+        true_overhead, true_wall = [], []
+        for _ in range(max(N, 20)):
+            s.wait_pool(2)
+            wall, v = s.execute(body=TRUE)
+            true_wall.append(wall)
+            true_overhead.append(v["timings_ms"]["total"] - v["timings_ms"]["exec"])
+        res["overhead_ms"]["bash_true"] = {**summary(true_overhead),
+                                           "what": "the same for bash `true` (the issue's measure)"}
+        res["latency_ms"]["pool_hit_bash_true"] = summary(true_wall)
         s.wait_pool(2)
         time.sleep(2)
         pss = s.vmm_pss_kib()
@@ -410,9 +446,21 @@ def main():
         sandbox_results(res, sandbox_bench(s, 2))
         s.wait_pool(2)
         print("throughput ...", file=sys.stderr)
+        waits = []
         for c in (1, 4, 16):
-            res["throughput_per_s"][f"tvm_c{c}"] = throughput(
-                lambda: s.execute(strict=False)[1]["status"] == "completed", c, max(8, 2 * c))
+            res["throughput_per_s"][f"tvm_c{c}"] = tvm_throughput(
+                s, c, max(8, 2 * c), waits if c == 16 else None)
+        res["queue"] = {"c16_queued_ms": summary(waits),
+                        "what": "timings_ms.queued of the c16 run (shipped defaults: 2 × cores slots, queue of 8× that)"}
+    finally:
+        s.stop()
+    # The same c16 without a queue and 16 slots (this bench's setting before the queue):
+    # every request gets its own VM at once and they share the cores.
+    print("throughput without a queue ...", file=sys.stderr)
+    s = Server(pool_size=2, snapshot=True, port=18096, max_concurrency=16)
+    try:
+        s.wait_pool(2)
+        res["throughput_per_s"]["tvm_c16_16_slots"] = tvm_throughput(s, 16, 32)
     finally:
         s.stop()
     def naive_ok():
@@ -465,12 +513,18 @@ def main():
           f"restore (vm_start) p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms")
     t = res["throughput_per_s"]
     def tp(k):
-        return f"{t[k]['per_s']:.2f}/s ({t[k]['failed']} failed)"
-    ratio = t["tvm_c16"]["per_s"] / t["naive_c16"]["per_s"] if t["naive_c16"]["per_s"] else float("nan")
+        return f"{t[k]['per_s']:.2f}/s ({t[k]['failed']} failed, {t[k].get('refused', 0)} refused)"
+    naive = t["naive_c16"]["per_s"]
+    ratio = t["tvm_c16"]["per_s"] / naive if naive else float("nan")
+    ratio16 = t["tvm_c16_16_slots"]["per_s"] / naive if naive else float("nan")
     print(f"\nthroughput: c1 {tp('tvm_c1')}, c4 {tp('tvm_c4')}, c16 {tp('tvm_c16')}; naive c16 {tp('naive_c16')} "
-          f"(c16 ratio {ratio:.2f}×)")
+          f"(c16 ratio {ratio:.2f}×; with 16 slots and no queue {tp('tvm_c16_16_slots')}, {ratio16:.2f}×)")
+    q = res["queue"]["c16_queued_ms"]
+    print(f"queue waits in the c16 run (timings_ms.queued): p50 {q['p50']:.0f} ms, p99 {q['p99']:.0f} ms")
     o = res["overhead_ms"]
-    print(f"platform overhead (total - exec): p50 {o['p50']:.0f} ms, p99 {o['p99']:.0f} ms")
+    ob = o["bash_true"]
+    print(f"platform overhead (total - exec), pool hit: bash true p50 {ob['p50']:.0f} ms, p99 {ob['p99']:.0f} ms; "
+          f"python print(1) p50 {o['p50']:.0f} ms, p99 {o['p99']:.0f} ms")
     m = res["memory"]
     print(f"idle pooled clone PSS (128 MiB guest): avg {m['avg_pss_mib']} MiB unprimed, "
           f"{m['primed_avg_pss_mib']} MiB primed, over {m['measured_vms']} VMs; "
