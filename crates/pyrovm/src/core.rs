@@ -5,18 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use tokio::sync::mpsc;
-use tvm_api::{
-    ExecuteCommand, ExecuteResponse, ExecutionStatus, FileEncoding, OutputFile, Timings,
-};
-use tvm_proto::{
-    CollectSpec, ExitReport, GuestMsg, HostMsg, Job, JobLimits, Outcome, Stream, WORK_DIR,
-};
+use tvm_api::{ExecuteCommand, ExecuteResponse, ExecutionStatus, Timings};
+use tvm_proto::{ExitReport, Job, JobLimits, Outcome, WORK_DIR};
 use tvm_vmm::{Vm, VmSpec, Vmm};
 
+use crate::converse::{collect_files, Output};
+pub(crate) use crate::converse::{converse, Conversation};
+pub(crate) use crate::converse::{kind, request};
+pub use crate::converse::{relay_live, OutputChunk};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueSettings, Refusal, Slot, Wait};
 use tvm_http::middleware::Caller;
@@ -537,6 +535,18 @@ impl Executor {
     }
 }
 
+/// One log line per finished execution, whichever door it came through.
+pub(crate) fn log_finished(resp: &ExecuteResponse) {
+    tracing::info!(
+        id = %resp.id,
+        status = ?resp.status,
+        exit_code = ?resp.exit_code,
+        total_ms = resp.timings_ms.total,
+        vm_start_ms = resp.timings_ms.vm_start,
+        "execution finished"
+    );
+}
+
 /// The API status for how the agent saw a job end.
 pub(crate) fn status_of(o: Outcome) -> ExecutionStatus {
     match o {
@@ -555,29 +565,6 @@ pub(crate) fn signal_name(sig: i32) -> String {
 }
 
 pub(crate) use tvm_proto::error_chain;
-
-#[derive(Debug, Default)]
-pub(crate) struct Output {
-    pub(crate) stdout: Vec<u8>,
-    pub(crate) stderr: Vec<u8>,
-    pub(crate) stdout_cut: bool,
-    pub(crate) stderr_cut: bool,
-}
-
-impl Output {
-    /// Appends a chunk, never growing a stream past `cap` (the agent caps too).
-    fn push(&mut self, stream: Stream, data: &[u8], cap: usize) {
-        let (buf, cut) = match stream {
-            Stream::Stdout => (&mut self.stdout, &mut self.stdout_cut),
-            Stream::Stderr => (&mut self.stderr, &mut self.stderr_cut),
-        };
-        let room = cap.saturating_sub(buf.len());
-        if data.len() > room {
-            *cut = true;
-        }
-        buf.extend_from_slice(&data[..data.len().min(room)]);
-    }
-}
 
 /// A one-shot execution's VM and the slot it runs under. Dropping it — after the
 /// answer is built, or when the request is abandoned mid-job (client gone, async
@@ -628,36 +615,6 @@ pub struct Admitted {
     queued_ms: u64,
 }
 
-/// A piece of live output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputChunk {
-    pub stream: Stream,
-    pub data: Vec<u8>,
-}
-
-/// Relays live output into a client-facing channel, mapping each chunk with `map`
-/// (`None` skips it). Returns `true` when the job's output ended, `false` when the
-/// client went away — then the caller drops `chunks`, which cancels the job and
-/// destroys its VM (see [`Executor::run`]).
-pub async fn relay_live<T>(
-    chunks: &mut mpsc::Receiver<OutputChunk>,
-    client: &mpsc::Sender<T>,
-    mut map: impl FnMut(OutputChunk) -> Option<T>,
-) -> bool {
-    loop {
-        let chunk = tokio::select! {
-            c = chunks.recv() => c,
-            _ = client.closed() => return false,
-        };
-        let Some(chunk) = chunk else { return true };
-        if let Some(item) = map(chunk) {
-            if client.send(item).await.is_err() {
-                return false;
-            }
-        }
-    }
-}
-
 /// Where a job's identity and timings so far come from, for its response.
 #[derive(Debug)]
 pub(crate) struct JobContext {
@@ -670,173 +627,9 @@ pub(crate) struct JobContext {
     pub detach_on_cancel: bool,
 }
 
-pub(crate) enum Conversation {
-    Exited(ExitReport, Output),
-    /// The live receiver went away (one-shot only); the VM must be destroyed.
-    Cancelled,
-    Failed(String),
-    /// The channel broke: the VM crashed or the agent died.
-    Broken(String),
-}
-
-pub(crate) async fn converse(
-    vm: &mut Vm,
-    job: Job,
-    cap: usize,
-    mut live: Option<mpsc::Sender<OutputChunk>>,
-    detach_on_cancel: bool,
-) -> Conversation {
-    if let Err(e) = vm.channel.send(HostMsg::Run(Box::new(job))).await {
-        return Conversation::Broken(error_chain(&e));
-    }
-    let mut out = Output::default();
-    // Output not yet taken by a slow live client. The agent is read regardless, so
-    // it never blocks on a full channel (and keeps enforcing the job's own deadline);
-    // the agent's per-stream cap bounds what waits here.
-    let mut pending: std::collections::VecDeque<OutputChunk> = Default::default();
-    loop {
-        let step = match &live {
-            Some(tx) => tokio::select! {
-                m = vm.channel.next() => Step::Msg(m),
-                permit = tx.reserve(), if !pending.is_empty() => match permit {
-                    Ok(p) => {
-                        if let Some(chunk) = pending.pop_front() {
-                            p.send(chunk);
-                        }
-                        continue;
-                    }
-                    Err(_) => Step::ClientGone,
-                },
-                _ = tx.closed() => Step::ClientGone,
-            },
-            None => Step::Msg(vm.channel.next().await),
-        };
-        let next = match step {
-            Step::Msg(m) => m,
-            Step::ClientGone => {
-                if !detach_on_cancel {
-                    return Conversation::Cancelled;
-                }
-                live = None;
-                pending.clear();
-                continue;
-            }
-        };
-        match next {
-            Some(Ok(GuestMsg::Output { stream, data })) => match &live {
-                Some(_) => pending.push_back(OutputChunk { stream, data }),
-                None => out.push(stream, &data, cap),
-            },
-            Some(Ok(GuestMsg::Exit(report))) => {
-                match live {
-                    // A sandbox's client gets the rest at its own pace: the job is
-                    // over, and its sandbox must not wait on a slow reader.
-                    Some(tx) if detach_on_cancel => {
-                        tokio::spawn(async move {
-                            for chunk in pending {
-                                if tx.send(chunk).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    Some(tx) => {
-                        for chunk in pending {
-                            if tx.send(chunk).await.is_err() {
-                                return Conversation::Cancelled;
-                            }
-                        }
-                    }
-                    None => {}
-                }
-                return Conversation::Exited(report, out);
-            }
-            Some(Ok(GuestMsg::Failed { message })) => return Conversation::Failed(message),
-            Some(Ok(other)) => {
-                return Conversation::Broken(format!("agent sent {} during a job", kind(&other)))
-            }
-            Some(Err(e)) => return Conversation::Broken(error_chain(&e)),
-            None => return Conversation::Broken("agent channel closed".into()),
-        }
-    }
-}
-
-enum Step {
-    Msg(Option<Result<GuestMsg, tvm_proto::CodecError>>),
-    ClientGone,
-}
-
-/// A message's name, for errors.
-pub(crate) fn kind(m: &GuestMsg) -> &'static str {
-    match m {
-        GuestMsg::Ready { .. } => "ready",
-        GuestMsg::Output { .. } => "output",
-        GuestMsg::Exit(_) => "exit",
-        GuestMsg::Failed { .. } => "failed",
-        GuestMsg::Done => "done",
-        GuestMsg::FileData { .. } => "file_data",
-        GuestMsg::Listing { .. } => "listing",
-        GuestMsg::Collected { .. } => "collected",
-        GuestMsg::FileError { .. } => "file_error",
-    }
-}
-
-/// Sends one request that is not a job and waits for its one answer. `Err` means
-/// the channel broke (the VM is unusable).
-pub(crate) async fn request(vm: &mut Vm, msg: HostMsg) -> Result<GuestMsg, String> {
-    vm.channel.send(msg).await.map_err(|e| error_chain(&e))?;
-    match vm.channel.next().await {
-        Some(Ok(m)) => Ok(m),
-        Some(Err(e)) => Err(error_chain(&e)),
-        None => Err("agent channel closed".into()),
-    }
-}
-
-/// Asks the agent for the files matching `patterns`, within the caps.
-async fn collect_files(
-    vm: &mut Vm,
-    patterns: &[String],
-    max_files: usize,
-    max_bytes: usize,
-) -> Result<(Vec<OutputFile>, bool), String> {
-    let spec = CollectSpec {
-        patterns: patterns.to_vec(),
-        max_files: max_files as u32,
-        max_bytes: max_bytes as u64,
-    };
-    match request(vm, HostMsg::Collect(spec)).await? {
-        GuestMsg::Collected { files, truncated } => Ok((
-            files
-                .into_iter()
-                .map(|f| OutputFile {
-                    size: f.content.len() as u64,
-                    content: base64::engine::general_purpose::STANDARD.encode(&f.content),
-                    path: f.path,
-                    encoding: FileEncoding::Base64,
-                })
-                .collect(),
-            truncated,
-        )),
-        GuestMsg::FileError { message, .. } => Err(message),
-        other => Err(format!("agent answered {} to collect", kind(&other))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn output_is_capped_per_stream() {
-        let mut o = Output::default();
-        o.push(Stream::Stdout, b"hello", 8);
-        o.push(Stream::Stdout, b"world", 8);
-        o.push(Stream::Stderr, b"e", 8);
-        assert_eq!(o.stdout, b"hellowor");
-        assert!(o.stdout_cut);
-        assert_eq!(o.stderr, b"e");
-        assert!(!o.stderr_cut);
-    }
 
     #[test]
     fn signal_names() {

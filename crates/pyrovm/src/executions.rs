@@ -246,7 +246,7 @@ impl Executions {
         };
         self.set_stage(&id, Stage::Running);
         let resp = self.executor.run_as(id.clone(), admitted, cmd, None).await;
-        crate::server::log_finished(&resp);
+        crate::core::log_finished(&resp);
         self.finish(&id, Stage::Done(Arc::new(resp)));
     }
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod converse;
 pub mod core;
 pub mod executions;
 pub mod grpc;

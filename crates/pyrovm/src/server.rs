@@ -238,16 +238,7 @@ pub(crate) fn command_with(
         })
 }
 
-pub(crate) fn log_finished(resp: &ExecuteResponse) {
-    tracing::info!(
-        id = %resp.id,
-        status = ?resp.status,
-        exit_code = ?resp.exit_code,
-        total_ms = resp.timings_ms.total,
-        vm_start_ms = resp.timings_ms.vm_start,
-        "execution finished"
-    );
-}
+pub(crate) use crate::core::log_finished;
 
 /// Run code in a fresh microVM and return its output.
 #[utoipa::path(post, path = "/v1/execute", tag = "execution", request_body = tvm_api::ExecuteRequest,
