@@ -55,7 +55,8 @@ async fn output_streams_before_the_program_ends_then_exit() {
     let Some(srv) = TestServer::start(|_| {}).await else {
         return;
     };
-    let code = "import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('oops', file=sys.stderr, flush=True)\nprint('second')\nsys.exit(3)";
+    // Writes to two pipes in the same instant have no order; these are 0.3 s apart.
+    let code = "import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('oops', file=sys.stderr, flush=True)\ntime.sleep(0.3)\nprint('second')\nsys.exit(3)";
     let resp = srv
         .client
         .post(format!("{}/v1/execute/stream", srv.base))

@@ -23,6 +23,8 @@ pub struct TestServer {
     pub runtime_root: tempfile::TempDir,
     pub runtime_dir: PathBuf,
     pub client: reqwest::Client,
+    /// A token the server accepts (its first), for the checks this helper makes itself.
+    token: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -58,6 +60,7 @@ impl TestServer {
             ..Config::default()
         };
         tweak(&mut config, addr);
+        let token = config.tokens.first().cloned();
         let service = Service::new(&config).expect("service starts");
         let runtime_dir = service.runtime_dir().to_path_buf();
         let base = format!("http://{addr}");
@@ -73,6 +76,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .expect("client"),
+            token,
             stop: Some(tx),
             task: Some(task),
         })
@@ -131,7 +135,7 @@ impl TestServer {
     /// gone: so this waits for every slot to be free, then nothing may be left.
     pub async fn assert_no_vms(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.metric("tvm_slots_in_use").await > 0.0 {
+        while self.slots_in_use().await > 0.0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "execution slots still held after 30 s"
@@ -144,6 +148,21 @@ impl TestServer {
         assert!(vms.is_empty(), "VM dirs left behind: {vms:?}");
         let procs = vmm_processes(self.runtime_root.path());
         assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
+    }
+
+    /// `tvm_slots_in_use`, read with the server's token if it has tokens (a refused
+    /// read fails the test rather than passing for 0).
+    async fn slots_in_use(&self) -> f64 {
+        let mut req = self.client.get(format!("{}/metrics", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("metrics");
+        assert_eq!(resp.status().as_u16(), 200, "GET /metrics");
+        sum_metric(
+            &resp.text().await.expect("metrics body"),
+            "tvm_slots_in_use",
+        )
     }
 
     /// Where this instance keeps snapshots when its runtime root is not on tmpfs.
