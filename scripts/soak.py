@@ -106,8 +106,9 @@ def counts(run_root, instance, pid):
 def wait_steady(url, pool, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
-        if metric(url, "tvm_inflight_executions") == 0 and metric(url, "tvm_pool_ready_vms") >= pool:
-            time.sleep(1.5)  # let destroys and refills settle
+        # A free slot means its VM is gone (VMs are destroyed right after the answer).
+        if metric(url, "tvm_slots_in_use") == 0 and metric(url, "tvm_pool_ready_vms") >= pool:
+            time.sleep(1.5)  # let refills settle
             return
         time.sleep(0.2)
     raise SystemExit("soak: the service did not settle")
