@@ -1,4 +1,5 @@
-//! The admission queue, with real microVMs: a burst waits instead of being refused;
+//! The admission queue, with real microVMs: a burst waits instead of being refused
+//! (Piston's endpoint too);
 //! a full queue and a queue timeout answer 429 with Retry-After; a client that goes
 //! away while queued starts no VM; tokens are served fairly; shutdown answers every
 //! queued request and leaves nothing behind.
@@ -278,6 +279,31 @@ async fn one_tokens_flood_does_not_starve_anothers_single_request() {
         "B ({:?}) must finish before A's median ({median:?})",
         single.at
     );
+    srv.assert_no_vms().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn pistons_endpoint_waits_in_the_same_queue() {
+    let Some(srv) = TestServer::start(|c| c.max_concurrency = 1).await else {
+        return;
+    };
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let client = srv.client.clone();
+            let url = format!("{}/api/v2/execute", srv.base);
+            let body = json!({"language": "bash", "version": "*", "files": [{"content": format!("echo {i}")}]});
+            tokio::spawn(async move { post(&client, url, body, t0).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let a = t.await.expect("join");
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        assert_eq!(a.body["run"]["stdout"], format!("{i}\n"), "{}", a.body);
+    }
+    assert!(srv.metric("tvm_queue_wait_seconds_count").await >= 4.0);
+    assert_eq!(srv.metric("tvm_rejected_total").await, 0.0);
     srv.assert_no_vms().await;
     srv.stop().await;
 }
