@@ -39,6 +39,25 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// The stable error code every front door names this refusal by.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoreError::AtCapacity { .. } => "at_capacity",
+            CoreError::QueueTimeout { .. } => "queue_timeout",
+            CoreError::ShuttingDown => "shutting_down",
+            CoreError::NoSpace { .. } => "no_space",
+        }
+    }
+
+    /// Too much asked of this node right now (429 / RESOURCE_EXHAUSTED), as opposed
+    /// to the node being unable to serve at all (503 / UNAVAILABLE).
+    pub fn is_overload(&self) -> bool {
+        matches!(
+            self,
+            CoreError::AtCapacity { .. } | CoreError::QueueTimeout { .. }
+        )
+    }
+
     /// The `Retry-After` (seconds) every front door sends with this refusal.
     pub fn retry_after_s(&self) -> u64 {
         match self {

@@ -228,16 +228,10 @@ impl Executions {
         let admitted = match self.executor.admit(&caller, wait).await {
             Ok(a) => a,
             Err(e) => {
-                let code = match e {
-                    CoreError::AtCapacity { .. } => "at_capacity",
-                    CoreError::QueueTimeout { .. } => "queue_timeout",
-                    CoreError::ShuttingDown => "shutting_down",
-                    CoreError::NoSpace { .. } => "no_space",
-                };
                 self.finish(
                     &id,
                     Stage::Rejected(ApiError {
-                        code: code.into(),
+                        code: e.code().into(),
                         message: e.to_string(),
                     }),
                 );

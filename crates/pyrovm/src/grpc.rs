@@ -187,11 +187,10 @@ pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
 
 /// Core refusals as gRPC statuses.
 pub fn core_status(e: CoreError) -> Status {
-    let code = match e {
-        CoreError::AtCapacity { .. } | CoreError::QueueTimeout { .. } => {
-            tonic::Code::ResourceExhausted
-        }
-        CoreError::ShuttingDown | CoreError::NoSpace { .. } => tonic::Code::Unavailable,
+    let code = if e.is_overload() {
+        tonic::Code::ResourceExhausted
+    } else {
+        tonic::Code::Unavailable
     };
     Status::with_error_details(
         code,

@@ -75,17 +75,12 @@ impl IntoResponse for Failure {
             Failure::Invalid(e) => (StatusCode::BAD_REQUEST, e.code(), e.to_string(), None),
             Failure::BodyTooLarge => return BodyError::TooLarge.into_response(),
             Failure::BadBody(m) => return BodyError::Unreadable(m).into_response(),
-            Failure::Core(e) => {
-                let (status, code) = match e {
-                    CoreError::AtCapacity { .. } => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
-                    CoreError::QueueTimeout { .. } => {
-                        (StatusCode::TOO_MANY_REQUESTS, "queue_timeout")
-                    }
-                    CoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                    CoreError::NoSpace { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_space"),
-                };
-                (status, code, e.to_string(), Some(e.retry_after_s()))
-            }
+            Failure::Core(e) => (
+                core_http_status(&e),
+                e.code(),
+                e.to_string(),
+                Some(e.retry_after_s()),
+            ),
             Failure::Async(crate::executions::AsyncError::Core(e)) => {
                 return Failure::Core(e).into_response()
             }
@@ -123,6 +118,15 @@ impl IntoResponse for Failure {
             ),
         };
         error_response(status, code, message, retry_after)
+    }
+}
+
+/// 429 for an overloaded node, 503 for one that cannot serve now.
+pub(crate) fn core_http_status(e: &CoreError) -> StatusCode {
+    if e.is_overload() {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 

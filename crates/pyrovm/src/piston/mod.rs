@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 use tvm_api::validate;
 use tvm_proto::Stream;
 
-use crate::core::{CoreError, OutputChunk};
+use crate::core::OutputChunk;
 use crate::server::AppState;
 
 pub use request::{to_request, version_matches, PistonFile, PistonRequest};
@@ -140,15 +140,7 @@ pub async fn execute(
     let admitted = match st.executor.admit(&who, st.executor.wait_for(None)).await {
         Ok(a) => a,
         Err(e) => {
-            let status = match e {
-                CoreError::AtCapacity { .. } | CoreError::QueueTimeout { .. } => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
-                CoreError::ShuttingDown | CoreError::NoSpace { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            };
-            let mut r = error(status, e.to_string());
+            let mut r = error(crate::server::core_http_status(&e), e.to_string());
             r.headers_mut().insert(
                 "retry-after",
                 axum::http::HeaderValue::from(e.retry_after_s()),
