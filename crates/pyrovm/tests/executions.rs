@@ -64,20 +64,6 @@ impl Api {
         .0
     }
 
-    async fn metric(&self, name: &str) -> f64 {
-        let raw = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(self.token)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        common::sum_metric(&raw, name)
-    }
-
     /// Polls until the execution is `running`.
     async fn wait_running(&self, id: &str) {
         let until = Instant::now() + Duration::from_secs(60);
@@ -90,15 +76,6 @@ impl Api {
             assert_eq!(v["status"], "queued", "{v}");
             assert!(Instant::now() < until, "never ran: {v}");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until no execution slot is held (every VM destroyed).
-    async fn idle(&self) {
-        let until = Instant::now() + Duration::from_secs(30);
-        while self.metric("tvm_slots_in_use").await > 0.0 {
-            assert!(Instant::now() < until, "slots still held");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -246,9 +223,9 @@ async fn submit_poll_wait_batch_and_token_isolation() {
     for id in &ids {
         assert_eq!(a.get(id, "").await.0, 404);
     }
-    assert_eq!(a.metric("tvm_async_stored").await, 0.0);
-    assert_eq!(a.metric("tvm_async_stored_bytes").await, 0.0);
-    a.idle().await;
+    assert_eq!(srv.metric("tvm_async_stored").await, 0.0);
+    assert_eq!(srv.metric("tvm_async_stored_bytes").await, 0.0);
+    srv.assert_no_vms().await;
     srv.stop().await;
 }
 
@@ -267,13 +244,13 @@ async fn cancel_a_running_and_a_queued_execution() {
         .await;
     let queued = v["id"].as_str().unwrap().to_string();
     assert_eq!(a.get(&queued, "").await.1["status"], "queued");
-    assert_eq!(a.metric("tvm_queue_depth").await, 1.0);
+    assert_eq!(srv.metric("tvm_queue_depth").await, 1.0);
 
     let t = Instant::now();
     assert_eq!(a.delete(&queued).await, 204);
     assert_eq!(a.get(&queued, "").await.0, 404);
     let until = Instant::now() + Duration::from_secs(1);
-    while a.metric("tvm_queue_depth").await > 0.0 {
+    while srv.metric("tvm_queue_depth").await > 0.0 {
         assert!(
             Instant::now() < until,
             "the cancelled one did not leave the queue"
@@ -283,14 +260,13 @@ async fn cancel_a_running_and_a_queued_execution() {
     assert_eq!(a.delete(&running).await, 204);
     assert_eq!(a.get(&running, "").await.0, 404);
     // Its VM is destroyed and its slot freed at once, not after the 30 s sleep.
-    a.idle().await;
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     srv.assert_no_vms().await;
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(
-        a.metric("tvm_vm_boots_total").await,
+        srv.metric("tvm_vm_boots_total").await,
         1.0,
         "none for the queued one"
     );
-    assert_eq!(a.metric("tvm_async_executions_total").await, 2.0);
+    assert_eq!(srv.metric("tvm_async_executions_total").await, 2.0);
     srv.stop().await;
 }

@@ -42,6 +42,38 @@ fn spawn_post(srv: &TestServer, body: Value, t0: Instant) -> tokio::task::JoinHa
     tokio::spawn(async move { post(&client, url, body, t0).await })
 }
 
+/// Occupies the server's only slot with `code`, returning that request once it runs.
+async fn hold_the_slot(
+    srv: &TestServer,
+    code: &str,
+    t0: Instant,
+) -> tokio::task::JoinHandle<Answer> {
+    let running = spawn_post(srv, json!({"language": "bash", "code": code}), t0);
+    srv.wait_metric("tvm_slots_in_use", 1.0, Duration::from_secs(30))
+        .await;
+    running
+}
+
+/// `n` requests (`echo i`), returned once all of them wait in the queue.
+async fn queue_behind(
+    srv: &TestServer,
+    n: usize,
+    t0: Instant,
+) -> Vec<tokio::task::JoinHandle<Answer>> {
+    let queued = (0..n)
+        .map(|i| {
+            spawn_post(
+                srv,
+                json!({"language": "bash", "code": format!("echo {i}")}),
+                t0,
+            )
+        })
+        .collect();
+    srv.wait_metric("tvm_queue_depth", n as f64, Duration::from_secs(10))
+        .await;
+    queued
+}
+
 fn authed(token: &str) -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();
     h.insert(
@@ -112,24 +144,8 @@ async fn beyond_a_tiny_queue_429_with_retry_after() {
         return;
     };
     let t0 = Instant::now();
-    let running = spawn_post(
-        &srv,
-        json!({"language": "bash", "code": "sleep 2; echo a"}),
-        t0,
-    );
-    srv.wait_metric("tvm_slots_in_use", 1.0, Duration::from_secs(30))
-        .await;
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            spawn_post(
-                &srv,
-                json!({"language": "bash", "code": format!("echo q{i}")}),
-                t0,
-            )
-        })
-        .collect();
-    srv.wait_metric("tvm_queue_depth", 2.0, Duration::from_secs(10))
-        .await;
+    let running = hold_the_slot(&srv, "sleep 2; echo a", t0).await;
+    let waiting = queue_behind(&srv, 2, t0).await;
     let refused = post(
         &srv.client,
         format!("{}/v1/execute", srv.base),
@@ -164,9 +180,7 @@ async fn beyond_a_tiny_queue_429_with_retry_after() {
         return;
     };
     let t0 = Instant::now();
-    let running = spawn_post(&srv, json!({"language": "bash", "code": "sleep 3"}), t0);
-    srv.wait_metric("tvm_slots_in_use", 1.0, Duration::from_secs(30))
-        .await;
+    let running = hold_the_slot(&srv, "sleep 3", t0).await;
     let started = t0.elapsed();
     let late = post(
         &srv.client,
@@ -199,13 +213,7 @@ async fn a_queued_client_that_disconnects_starts_no_vm() {
         return;
     };
     let t0 = Instant::now();
-    let running = spawn_post(
-        &srv,
-        json!({"language": "bash", "code": "sleep 3; echo a"}),
-        t0,
-    );
-    srv.wait_metric("tvm_slots_in_use", 1.0, Duration::from_secs(30))
-        .await;
+    let running = hold_the_slot(&srv, "sleep 3; echo a", t0).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(700))
         .build()
@@ -314,24 +322,8 @@ async fn shutdown_answers_every_queued_request_and_leaves_nothing() {
         return;
     };
     let t0 = Instant::now();
-    let running = spawn_post(
-        &srv,
-        json!({"language": "bash", "code": "sleep 2; echo a"}),
-        t0,
-    );
-    srv.wait_metric("tvm_slots_in_use", 1.0, Duration::from_secs(30))
-        .await;
-    let queued: Vec<_> = (0..4)
-        .map(|i| {
-            spawn_post(
-                &srv,
-                json!({"language": "bash", "code": format!("echo {i}")}),
-                t0,
-            )
-        })
-        .collect();
-    srv.wait_metric("tvm_queue_depth", 4.0, Duration::from_secs(10))
-        .await;
+    let running = hold_the_slot(&srv, "sleep 2; echo a", t0).await;
+    let queued = queue_behind(&srv, 4, t0).await;
     let asked = t0.elapsed();
     let stopping = tokio::spawn(async move {
         srv.stop().await;

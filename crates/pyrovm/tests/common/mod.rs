@@ -112,10 +112,16 @@ impl TestServer {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
-    /// Value of a counter in /metrics (0 if absent).
+    /// Value of a counter in /metrics (0 if absent), read with the server's token if
+    /// it has tokens: a refused read fails the test rather than passing for 0.
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        sum_metric(&text, name)
+        let mut req = self.client.get(format!("{}/metrics", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("metrics");
+        assert_eq!(resp.status().as_u16(), 200, "GET /metrics");
+        sum_metric(&resp.text().await.expect("metrics body"), name)
     }
 
     /// Waits until the metric reaches `want`, failing the test after `within`.
@@ -135,7 +141,7 @@ impl TestServer {
     /// gone: so this waits for every slot to be free, then nothing may be left.
     pub async fn assert_no_vms(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.slots_in_use().await > 0.0 {
+        while self.metric("tvm_slots_in_use").await > 0.0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "execution slots still held after 30 s"
@@ -148,21 +154,6 @@ impl TestServer {
         assert!(vms.is_empty(), "VM dirs left behind: {vms:?}");
         let procs = vmm_processes(self.runtime_root.path());
         assert!(procs.is_empty(), "VMM processes left behind: {procs:?}");
-    }
-
-    /// `tvm_slots_in_use`, read with the server's token if it has tokens (a refused
-    /// read fails the test rather than passing for 0).
-    async fn slots_in_use(&self) -> f64 {
-        let mut req = self.client.get(format!("{}/metrics", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.expect("metrics");
-        assert_eq!(resp.status().as_u16(), 200, "GET /metrics");
-        sum_metric(
-            &resp.text().await.expect("metrics body"),
-            "tvm_slots_in_use",
-        )
     }
 
     /// Where this instance keeps snapshots when its runtime root is not on tmpfs.
