@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::socket::{
-    accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
 use nix::unistd::{chdir, chroot};
 
@@ -128,9 +128,14 @@ impl Channel {
         match self {
             Channel::Serial(f) => Ok(f.take()),
             Channel::Vsock(listener) => {
-                let conn = accept(std::os::fd::AsRawFd::as_raw_fd(listener))
-                    .map_err(nix_err("vsock accept"))?;
-                // SAFETY: `accept` returned a fresh descriptor that nothing else owns.
+                // Close-on-exec: a job must never inherit the host channel (it could
+                // write frames to the host as the agent).
+                let conn = accept4(
+                    std::os::fd::AsRawFd::as_raw_fd(listener),
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(nix_err("vsock accept"))?;
+                // SAFETY: `accept4` returned a fresh descriptor that nothing else owns.
                 let owned =
                     unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn) };
                 Ok(Some(File::from(owned)))
