@@ -122,12 +122,28 @@ impl<T: Read + Write, Rx: DeserializeOwned, Tx: Serialize> BlockingChannel<T, Rx
         }
     }
 
+    /// Writes one whole frame.
     pub fn send(&mut self, msg: Tx) -> Result<(), CodecError> {
         let mut out = BytesMut::new();
         self.codec.encode(msg, &mut out)?;
         self.io.write_all(&out)?;
         self.io.flush()?;
         Ok(())
+    }
+
+    /// Splits the channel so that one thread can block in [`recv`](Self::recv) while
+    /// others [`send`](Self::send). The reading half is this channel, with every byte it
+    /// has buffered already (and a frame it is part-way through); the writing half sends
+    /// over what `clone` makes of the stream, normally a second descriptor of it
+    /// (`File::try_clone`, `UnixStream::try_clone`). Use each half for its own direction
+    /// only. Each `send` writes its frame whole, but two threads sending at once must
+    /// share the writing half behind a lock, or their frames may interleave.
+    pub fn split<W: Read + Write>(
+        self,
+        clone: impl FnOnce(&T) -> std::io::Result<W>,
+    ) -> std::io::Result<(Self, BlockingChannel<W, Rx, Tx>)> {
+        let writer = BlockingChannel::new(clone(&self.io)?);
+        Ok((self, writer))
     }
 }
 
@@ -154,6 +170,7 @@ mod tests {
             },
             clock_unix_ns: 1,
             entropy: vec![1, 2, 3],
+            egress: true,
         }
     }
 
@@ -214,6 +231,7 @@ mod tests {
                 memory_bytes: 256 << 20,
                 max_processes: 64,
                 workdir_bytes: 64 << 20,
+                egress: false,
             }),
             HostMsg::WriteFile(file.clone()),
             HostMsg::ReadFile {
@@ -278,7 +296,8 @@ mod tests {
         for (payload, got) in [
             (&br#"{"v":1,"msg":{"type":"run"}}"#[..], 1),
             (br#"{"v":3,"msg":{"type":"run"}}"#, 3),
-            (br#"{"v":5,"msg":{"type":"run"}}"#, 5),
+            (br#"{"v":4,"msg":{"type":"run"}}"#, 4),
+            (br#"{"v":6,"msg":{"type":"run"}}"#, 6),
         ] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -326,5 +345,41 @@ mod tests {
         assert_eq!(g.recv().unwrap(), HostMsg::Run(Box::new(job())));
         drop(h);
         assert!(matches!(g.recv(), Err(CodecError::Closed)));
+    }
+
+    #[test]
+    fn split_keeps_buffered_bytes_with_the_reader() {
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut g: BlockingChannel<_, HostMsg, GuestMsg> = BlockingChannel::new(a);
+        // One whole frame, a second one, and the head of a third, in one write: the
+        // first `recv` buffers all of it.
+        let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
+        let mut wire = BytesMut::new();
+        host.encode(HostMsg::Rewind, &mut wire).unwrap();
+        host.encode(HostMsg::ListDir { path: "x".into() }, &mut wire)
+            .unwrap();
+        let mut third = BytesMut::new();
+        host.encode(HostMsg::Run(Box::new(job())), &mut third)
+            .unwrap();
+        wire.extend_from_slice(&third[..7]);
+        b.write_all(&wire).unwrap();
+        assert_eq!(g.recv().unwrap(), HostMsg::Rewind);
+
+        let (mut reader, mut writer) = g.split(UnixStream::try_clone).unwrap();
+        assert_eq!(
+            reader.recv().unwrap(),
+            HostMsg::ListDir { path: "x".into() }
+        );
+        b.write_all(&third[7..]).unwrap();
+        assert_eq!(reader.recv().unwrap(), HostMsg::Run(Box::new(job())));
+
+        // The writing half writes to the same peer, while the reader is blocked.
+        let blocked = std::thread::spawn(move || reader.recv());
+        writer.send(GuestMsg::Done).unwrap();
+        let mut h: BlockingChannel<_, GuestMsg, HostMsg> = BlockingChannel::new(b);
+        assert_eq!(h.recv().unwrap(), GuestMsg::Done);
+        h.send(HostMsg::Rewind).unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap(), HostMsg::Rewind);
     }
 }

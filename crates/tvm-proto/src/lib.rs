@@ -27,6 +27,13 @@
 //! the program's. Test cases add [`HostMsg::Checkpoint`] after the compile and
 //! [`HostMsg::Rewind`] before every case but the first, so each case starts from
 //! the compiled work dir and sees nothing another case wrote.
+//!
+//! Egress (version 5) multiplexes proxy connections over the same channel:
+//! [`HostMsg::Net`] and [`GuestMsg::Net`] carry [`NetFrame`]s, each naming its
+//! connection, at any time and interleaved with the requests above. Per connection
+//! and direction at most [`NET_WINDOW`] bytes are unacknowledged, so the receiving
+//! side reads the channel without ever blocking on one connection, and output
+//! frames are never stuck behind a slow download.
 
 mod codec;
 mod messages;
@@ -35,7 +42,8 @@ mod paths;
 pub use codec::{decode_payload, BlockingChannel, CodecError, FrameCodec, MAX_FRAME_BYTES};
 pub use messages::{
     CollectSpec, DirEntry, EntryKind, Envelope, ExitReport, FileErrorKind, GuestMsg, HostMsg, Job,
-    JobFile, JobLimits, Outcome, Resume, SessionSpec, Stream, WarmUp, PROTOCOL_VERSION,
+    JobFile, JobLimits, NetFrame, NetOp, Outcome, Resume, SessionSpec, Stream, WarmUp, EGRESS_PORT,
+    NET_CHUNK, NET_WINDOW, PROTOCOL_VERSION,
 };
 pub use paths::{check_relative_path, PathError, MAX_PATH_BYTES};
 

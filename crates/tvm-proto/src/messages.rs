@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire format; a frame with any other version is rejected.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What travels in every frame: the version and one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,43 @@ pub enum HostMsg {
     Warm(WarmUp),
     /// After a restore: make this clone unique (clock, RNG reseed); answered by `Ready`.
     Resume(Resume),
+    /// One frame of an egress connection (version 5). Not a request: never answered,
+    /// and it may arrive at any time, interleaved with a request and its answer.
+    Net(NetFrame),
+}
+
+/// Loopback port on which the agent accepts a job's proxy connections when the job
+/// (or its sandbox) has egress; it is the job's `HTTP_PROXY`.
+pub const EGRESS_PORT: u16 = 3128;
+/// Bytes of `Data` either side may send on one connection before the peer's `Ack`s:
+/// the receiver never has more than this buffered for one connection, so a slow
+/// connection never holds up the channel (or another connection).
+pub const NET_WINDOW: u32 = 256 * 1024;
+/// Largest `Data` payload in one frame.
+pub const NET_CHUNK: usize = 32 * 1024;
+
+/// One frame of one egress connection. The guest opens connections (`Open` with an
+/// id it chose); after that both sides send `Data`, `Ack`, `Close` and `Reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetFrame {
+    pub conn: u32,
+    pub op: NetOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetOp {
+    /// Guest → host: a job connected to the proxy port; the host starts the proxy side.
+    Open,
+    /// Bytes of the connection, in order; counted against the sender's window.
+    Data(#[serde(with = "b64")] Vec<u8>),
+    /// The receiver has passed on this many more bytes: the sender's window grows by it.
+    Ack(u32),
+    /// The sender will send no more data (a half-close); the other direction goes on.
+    Close,
+    /// The connection is over in both directions; nothing more is sent for it.
+    Reset,
 }
 
 /// Commands run by the agent as the job user, output discarded, each bounded.
@@ -82,6 +119,8 @@ pub struct SessionSpec {
     pub max_processes: u32,
     /// Size of the tmpfs work dir (and RLIMIT_FSIZE of each job).
     pub workdir_bytes: u64,
+    /// Every job of the sandbox gets the egress proxy (see [`Job::egress`]).
+    pub egress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +149,8 @@ pub enum GuestMsg {
     Failed { message: String },
     /// `Open` or `WriteFile` succeeded.
     Done,
+    /// One frame of an egress connection (version 5); never an answer to a request.
+    Net(NetFrame),
     /// The bytes of a `ReadFile`.
     FileData {
         #[serde(with = "b64")]
@@ -194,6 +235,9 @@ pub struct Job {
     /// Random bytes from the host, mixed into the guest's entropy pool.
     #[serde(with = "b64")]
     pub entropy: Vec<u8>,
+    /// The job may reach the host's egress proxy: the agent listens on
+    /// 127.0.0.1:[`EGRESS_PORT`] and sets the proxy variables in the job's environment.
+    pub egress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 use tvm_proto::{
     check_relative_path, decode_payload, ExitReport, FrameCodec, GuestMsg, HostMsg, Job, JobFile,
-    JobLimits, Outcome, Resume, Stream, WarmUp, MAX_FRAME_BYTES,
+    JobLimits, NetFrame, NetOp, Outcome, Resume, Stream, WarmUp, MAX_FRAME_BYTES,
 };
 
 /// Byte strings as code, stdin, files and output carry them: any byte, including NUL and invalid UTF-8.
@@ -68,8 +68,20 @@ fn job() -> impl Strategy<Value = Job> {
                 limits,
                 clock_unix_ns,
                 entropy,
+                egress: clock_unix_ns % 2 == 0,
             },
         )
+}
+
+fn net_frame() -> impl Strategy<Value = NetFrame> {
+    let op = prop_oneof![
+        Just(NetOp::Open),
+        bytes(512).prop_map(NetOp::Data),
+        any::<u32>().prop_map(NetOp::Ack),
+        Just(NetOp::Close),
+        Just(NetOp::Reset),
+    ];
+    (any::<u32>(), op).prop_map(|(conn, op)| NetFrame { conn, op })
 }
 
 fn host_msg() -> impl Strategy<Value = HostMsg> {
@@ -85,6 +97,7 @@ fn host_msg() -> impl Strategy<Value = HostMsg> {
             clock_unix_ns,
             entropy
         })),
+        net_frame().prop_map(HostMsg::Net),
     ]
 }
 
@@ -126,6 +139,7 @@ fn guest_msg() -> impl Strategy<Value = GuestMsg> {
         }),
         exit,
         text().prop_map(|message| GuestMsg::Failed { message }),
+        net_frame().prop_map(GuestMsg::Net),
     ]
 }
 
