@@ -1,5 +1,7 @@
 //! Runs one job: files into a fresh tmpfs work dir, the program as an unprivileged
-//! user in its own cgroup, output streamed with a cap, a wall-clock deadline.
+//! user in its own cgroup, output streamed with a cap, a wall-clock deadline. A job
+//! with egress gets the proxy variables (the caller has made the proxy port listen,
+//! see [`crate::egress`]).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -14,7 +16,9 @@ use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use tvm_proto::{CodecError, ExitReport, GuestMsg, Job, Outcome, Stream, JOB_UID, WORK_DIR};
+use tvm_proto::{
+    CodecError, ExitReport, GuestMsg, Job, Outcome, Stream, EGRESS_PORT, JOB_UID, WORK_DIR,
+};
 
 use crate::cgroup::JobCgroup;
 use crate::{reaper, sys};
@@ -60,6 +64,8 @@ pub(crate) struct Session {
     cgroup: JobCgroup,
     workdir_bytes: u64,
     jobs: u64,
+    /// Every job of the sandbox gets the egress proxy.
+    egress: bool,
 }
 
 impl Session {
@@ -72,7 +78,12 @@ impl Session {
             cgroup,
             workdir_bytes: spec.workdir_bytes,
             jobs: 0,
+            egress: spec.egress,
         })
+    }
+
+    pub(crate) fn egress(&self) -> bool {
+        self.egress
     }
 }
 
@@ -104,11 +115,18 @@ impl Aftermath {
     }
 }
 
+/// Whether this job gets the egress proxy: its own flag, or its sandbox's.
+pub(crate) fn has_egress(job: &Job, session: Option<&Session>) -> bool {
+    job.egress || session.is_some_and(Session::egress)
+}
+
 /// Runs one job and reports how it ended; the caller sends the report, then
-/// finishes the [`Aftermath`].
+/// finishes the [`Aftermath`]. With `egress` the job gets the proxy variables; the
+/// caller has made the proxy port listen before.
 pub(crate) fn run(
     job: &Job,
     session: Option<&mut Session>,
+    egress: bool,
     send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
 ) -> (Result<ExitReport, JobError>, Aftermath) {
     let in_session = session.is_some();
@@ -117,13 +135,14 @@ pub(crate) fn run(
         in_session,
         code_file: in_session.then(|| job.code_file.clone()),
     };
-    let report = start(job, session, send, &mut after);
+    let report = start(job, session, egress, send, &mut after);
     (report, after)
 }
 
 fn start(
     job: &Job,
     session: Option<&mut Session>,
+    egress: bool,
     send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
     after: &mut Aftermath,
 ) -> Result<ExitReport, JobError> {
@@ -159,7 +178,7 @@ fn start(
         ),
     };
     let cg = after.cgroup.insert(cg);
-    execute(job, cg, fsize, in_session, send)
+    execute(job, cg, fsize, in_session, egress, send)
 }
 
 /// Runs the job's program in `cg` (its files are in place), streams its output
@@ -169,20 +188,13 @@ pub(crate) fn execute(
     cg: &JobCgroup,
     fsize: u64,
     in_session: bool,
+    egress: bool,
     send: &mut dyn FnMut(GuestMsg) -> Result<(), CodecError>,
 ) -> Result<ExitReport, JobError> {
     let procs = cg.open_procs().map_err(JobError::Cgroup)?;
 
     let (program, args) = job.argv.split_first().ok_or(JobError::EmptyCommand)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(default_env())
-        .envs(&job.env)
-        .current_dir(WORK_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = command(program, args, job, egress);
     let procs_fd = procs.as_raw_fd();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls on values captured by copy; it allocates nothing.
@@ -326,7 +338,42 @@ pub(crate) fn execute(
     })
 }
 
-pub(crate) fn default_env() -> [(&'static str, &'static str); 6] {
+/// The job's command, before the sandbox: its environment is the agent's defaults,
+/// then (with egress) the proxy variables, then the job's own `env`, each overriding
+/// the one before, so a job may set its own proxy.
+fn command(program: &str, args: &[String], job: &Job, egress: bool) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().envs(default_env());
+    if egress {
+        cmd.envs(proxy_env());
+    }
+    cmd.envs(&job.env)
+        .current_dir(WORK_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The variables that send a job's HTTP(S) clients (curl, pip, npm, requests, ...)
+/// to the agent's proxy port, and keep loopback off it.
+pub(crate) fn proxy_env() -> [(&'static str, String); 9] {
+    let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+    let local = "localhost,127.0.0.1,::1".to_string();
+    [
+        ("HTTP_PROXY", url.clone()),
+        ("HTTPS_PROXY", url.clone()),
+        ("http_proxy", url.clone()),
+        ("https_proxy", url.clone()),
+        ("npm_config_proxy", url.clone()),
+        ("npm_config_https_proxy", url.clone()),
+        ("PIP_PROXY", url),
+        ("NO_PROXY", local.clone()),
+        ("no_proxy", local),
+    ]
+}
+
+pub(crate) fn default_env() -> [(&'static str, &'static str); 7] {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", WORK_DIR),
@@ -334,6 +381,9 @@ pub(crate) fn default_env() -> [(&'static str, &'static str); 6] {
         ("LANG", "C.UTF-8"),
         ("TMPDIR", "/tmp"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
+        // `pip install --user` goes to the work dir (HOME); Debian's "externally
+        // managed" marker would refuse it, and the system's files are read-only anyway.
+        ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
     ]
 }
 
@@ -519,5 +569,82 @@ fn feed(pipe: OwnedFd, data: &[u8], reported: &AtomicBool) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn job(env: &[(&str, &str)], egress: bool) -> Job {
+        Job {
+            argv: vec!["/bin/true".into()],
+            code_file: "main.sh".into(),
+            code: Vec::new(),
+            stdin: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            files: Vec::new(),
+            limits: tvm_proto::JobLimits {
+                timeout_ms: 1000,
+                memory_bytes: 1 << 26,
+                max_processes: 8,
+                max_output_bytes: 1024,
+                workdir_bytes: 1 << 20,
+            },
+            clock_unix_ns: 0,
+            entropy: Vec::new(),
+            egress,
+        }
+    }
+
+    /// The environment the program would get.
+    fn env_of(job: &Job, egress: bool) -> BTreeMap<String, String> {
+        let cmd = command("/bin/true", &[], job, egress);
+        cmd.get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn proxy_variables_only_with_egress() {
+        let plain = env_of(&job(&[], false), false);
+        for (k, _) in proxy_env() {
+            assert!(!plain.contains_key(k), "{k} set without egress");
+        }
+        assert_eq!(
+            plain.get("PATH").map(String::as_str),
+            Some(default_env()[0].1)
+        );
+
+        let env = env_of(&job(&[], true), true);
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "npm_config_proxy",
+            "npm_config_https_proxy",
+            "PIP_PROXY",
+        ] {
+            assert_eq!(env[k], "http://127.0.0.1:3128", "{k}");
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            assert_eq!(env[k], "localhost,127.0.0.1,::1", "{k}");
+        }
+        assert_eq!(env["HOME"], WORK_DIR);
+    }
+
+    #[test]
+    fn the_job_env_overrides_proxy_and_defaults() {
+        let j = job(&[("HTTPS_PROXY", "http://mine:1"), ("HOME", "/tmp")], true);
+        let env = env_of(&j, true);
+        assert_eq!(env["HTTPS_PROXY"], "http://mine:1");
+        assert_eq!(env["HTTP_PROXY"], "http://127.0.0.1:3128");
+        assert_eq!(env["HOME"], "/tmp");
     }
 }

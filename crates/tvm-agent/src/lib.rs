@@ -3,19 +3,37 @@
 //! user inside a cgroup with limits, streams its output and reports how it ended;
 //! then it serves file requests, and in a sandbox further jobs, until the host
 //! goes away, and powers the VM off. See docs/ARCHITECTURE.md ("The agent").
+//!
+//! Until the first work message the main thread alone reads and writes the channel
+//! (ready, warm-up, resume; under vsock a connection reset by a restore is replaced
+//! by the next). Then the channel is split ([`link`]): a reader thread takes every
+//! frame, hands egress frames to the forwarder and requests to the main loop, and
+//! everything the agent sends goes through one shared writer. A job with egress
+//! (its own flag or its sandbox's) reaches the host's forward proxy through
+//! 127.0.0.1:3128, which the agent listens on from the first such job on and
+//! forwards as `Net` frames ([`egress`]).
 
 mod boot;
 mod cgroup;
 mod checkpoint;
 mod drain;
+mod egress;
 mod files;
 mod job;
+mod link;
 mod reaper;
 mod rehearse;
 mod sys;
 mod warm;
 
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use tvm_proto::{error_chain, BlockingChannel, GuestMsg, HostMsg};
+
+use crate::egress::Forwarder;
+use crate::link::Link;
 
 pub use sys::power_off;
 
@@ -91,31 +109,47 @@ struct State {
 }
 
 /// Answers one request; `Err` only when the channel itself failed.
-fn serve_one<T: std::io::Read + std::io::Write>(
+fn serve_one(
     msg: HostMsg,
     state: &mut State,
-    ch: &mut BlockingChannel<T, HostMsg, GuestMsg>,
+    link: &Link,
+    net: &Arc<Forwarder>,
 ) -> Result<(), tvm_proto::CodecError> {
     let session = &mut state.session;
     let mut aftermath = None;
     let reply = match msg {
         HostMsg::Run(job) => {
-            let (r, after) = job::run(&job, session.as_mut(), &mut |m| ch.send(m));
-            aftermath = Some(after);
-            match r {
-                Ok(report) => GuestMsg::Exit(report),
+            let egress = job::has_egress(&job, session.as_ref());
+            // The proxy port listens before the job can look for it.
+            match egress.then(|| net.listen()).transpose() {
                 Err(e) => GuestMsg::Failed {
                     message: error_chain(&e),
                 },
+                Ok(_) => {
+                    let (r, after) =
+                        job::run(&job, session.as_mut(), egress, &mut |m| link.send(m));
+                    aftermath = Some(after);
+                    match r {
+                        Ok(report) => GuestMsg::Exit(report),
+                        Err(e) => GuestMsg::Failed {
+                            message: error_chain(&e),
+                        },
+                    }
+                }
             }
         }
-        HostMsg::Open(spec) => match job::Session::open(&spec) {
-            Ok(s) => {
-                *session = Some(s);
-                GuestMsg::Done
-            }
+        HostMsg::Open(spec) => match spec.egress.then(|| net.listen()).transpose() {
             Err(e) => GuestMsg::Failed {
                 message: error_chain(&e),
+            },
+            Ok(_) => match job::Session::open(&spec) {
+                Ok(s) => {
+                    *session = Some(s);
+                    GuestMsg::Done
+                }
+                Err(e) => GuestMsg::Failed {
+                    message: error_chain(&e),
+                },
             },
         },
         HostMsg::WriteFile(f) => match files::write(&f) {
@@ -153,11 +187,17 @@ fn serve_one<T: std::io::Read + std::io::Write>(
         HostMsg::Warm(_) | HostMsg::Resume(_) => GuestMsg::Failed {
             message: "warm-up and resume come before any work".into(),
         },
+        // Not a request, never answered. The reader thread hands these to the
+        // forwarder; only one the host sent before any work comes this way.
+        HostMsg::Net(frame) => {
+            net.deliver(frame);
+            return Ok(());
+        }
     };
-    let sent = match ch.send(reply) {
+    let sent = match link.send(reply) {
         // A reply larger than a frame (a host asking for too much) is refused by the
         // codec before anything is written: say so instead of giving up the channel.
-        Err(tvm_proto::CodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => ch
+        Err(tvm_proto::CodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => link
             .send(GuestMsg::FileError {
                 kind: tvm_proto::FileErrorKind::TooLarge,
                 message: "the answer is larger than one protocol frame".into(),
@@ -190,7 +230,7 @@ pub fn run_as_init() -> i32 {
     };
     // One connection at a time; a vsock connection reset by a snapshot restore
     // before any work arrived is replaced by the next one.
-    let (mut ch, first) = loop {
+    let (ch, first) = loop {
         let conn = match channel.next() {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -202,7 +242,7 @@ pub fn run_as_init() -> i32 {
                 return 2;
             }
         };
-        let mut ch: BlockingChannel<_, HostMsg, GuestMsg> = BlockingChannel::new(conn);
+        let mut ch: link::Channel = BlockingChannel::new(conn);
         match serve_until_work(&mut ch) {
             Ok(work) => break (ch, work),
             Err(e) => {
@@ -210,14 +250,40 @@ pub fn run_as_init() -> i32 {
             }
         }
     };
+    serve(ch, first)
+}
+
+/// From the first work message on: splits the channel, then answers requests one at
+/// a time until the channel ends. See [`link`].
+fn serve(ch: link::Channel, first: HostMsg) -> i32 {
+    let (reader, writer) = match ch.split(File::try_clone) {
+        Ok(halves) => halves,
+        Err(e) => {
+            eprintln!("tvm-agent: cannot split the host channel: {e}");
+            return 2;
+        }
+    };
+    let link = Arc::new(Link::new(writer));
+    let net = Forwarder::new(
+        link.clone(),
+        SocketAddr::from(([127, 0, 0, 1], tvm_proto::EGRESS_PORT)),
+        egress::MAX_CONNS,
+    );
+    let requests = match link::spawn_reader(reader, net.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("tvm-agent: cannot start the channel reader: {e}");
+            return 2;
+        }
+    };
     let mut state = State::default();
     let mut next = Some(first);
     while let Some(msg) = next.take() {
-        if let Err(e) = serve_one(msg, &mut state, &mut ch) {
+        if let Err(e) = serve_one(msg, &mut state, &link, &net) {
             eprintln!("tvm-agent: cannot answer: {}", error_chain(&e));
             return 5;
         }
-        next = ch.recv().ok();
+        next = requests.recv().ok();
     }
     0
 }

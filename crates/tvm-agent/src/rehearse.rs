@@ -61,7 +61,7 @@ pub(crate) fn rehearse() {
         wire.clear();
         agent.send(m)
     };
-    if let Ok(report) = job::execute(&job, &cg, job.limits.workdir_bytes, false, &mut send) {
+    if let Ok(report) = job::execute(&job, &cg, job.limits.workdir_bytes, false, false, &mut send) {
         let _ = send(GuestMsg::Exit(report));
     }
     cg.remove();
@@ -86,6 +86,7 @@ fn fixed_job() -> Job {
         },
         clock_unix_ns: 0,
         entropy: Vec::new(),
+        egress: false,
     }
 }
 
