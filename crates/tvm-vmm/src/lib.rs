@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod cgroups;
 pub mod firecracker;
+mod link;
 pub mod qemu;
 mod qmp;
 pub mod runtime;
@@ -24,6 +25,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use tvm_proto::{FrameCodec, GuestMsg, HostMsg};
 
+pub use link::{AgentLink, NetPort};
 pub use snapshot::{Snapshot, WarmSpec};
 pub use tsc::host_tsc_khz;
 
@@ -57,7 +59,8 @@ pub struct VmSpec {
     pub memory_mb: u64,
 }
 
-/// The host end of the agent channel.
+/// The framed host end of the agent channel, as the backends boot it; a [`Vm`]
+/// holds it as an [`AgentLink`].
 pub type AgentChannel = Framed<UnixStream, FrameCodec<GuestMsg, HostMsg>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,7 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 #[derive(Debug)]
 pub struct Vm {
     pub id: String,
-    pub channel: AgentChannel,
+    pub channel: AgentLink,
     /// Host-measured time from spawning the VMM to the agent's ready message.
     pub boot_time: Duration,
     /// Guest uptime when the agent said ready.

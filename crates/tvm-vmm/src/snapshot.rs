@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use tvm_proto::{GuestMsg, HostMsg, Resume, WarmUp};
 
-use crate::{AgentChannel, VmSpec, VmmError};
+use crate::{VmSpec, VmmError};
 
 /// What a template runs before it is frozen: fixed commands, never user code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +53,24 @@ fn now_unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The agent channel as these exchanges use it: the framed channel of a booting VM,
+/// or a running VM's [`crate::AgentLink`].
+pub(crate) trait Channel:
+    futures_util::Stream<Item = Result<GuestMsg, tvm_proto::CodecError>>
+    + futures_util::Sink<HostMsg, Error = tvm_proto::CodecError>
+    + Unpin
+{
+}
+
+impl<T> Channel for T where
+    T: futures_util::Stream<Item = Result<GuestMsg, tvm_proto::CodecError>>
+        + futures_util::Sink<HostMsg, Error = tvm_proto::CodecError>
+        + Unpin
+{
+}
+
 /// Waits (bounded) for the agent's next `Ready`; returns its guest uptime.
-async fn await_ready(channel: &mut AgentChannel, deadline: Instant) -> Result<u64, VmmError> {
+async fn await_ready<C: Channel>(channel: &mut C, deadline: Instant) -> Result<u64, VmmError> {
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, channel.next()).await {
         Ok(Some(Ok(GuestMsg::Ready { boot_ms, .. }))) => Ok(boot_ms),
@@ -68,7 +84,7 @@ async fn await_ready(channel: &mut AgentChannel, deadline: Instant) -> Result<u6
 }
 
 /// Asks a template's agent to run the warm-up commands and waits for its `Ready`.
-pub(crate) async fn warm(channel: &mut AgentChannel, w: &WarmSpec) -> Result<(), VmmError> {
+pub(crate) async fn warm<C: Channel>(channel: &mut C, w: &WarmSpec) -> Result<(), VmmError> {
     let timeout_ms = w.per_command.as_millis() as u64;
     channel
         .send(HostMsg::Warm(WarmUp {
@@ -84,7 +100,10 @@ pub(crate) async fn warm(channel: &mut AgentChannel, w: &WarmSpec) -> Result<(),
 
 /// Makes a restored clone unique before it may run anything: sets its clock and
 /// reseeds its kernel RNG with fresh host entropy; waits for its `Ready`.
-pub(crate) async fn resume(channel: &mut AgentChannel, deadline: Instant) -> Result<u64, VmmError> {
+pub(crate) async fn resume<C: Channel>(
+    channel: &mut C,
+    deadline: Instant,
+) -> Result<u64, VmmError> {
     let mut entropy = vec![0u8; 64];
     rand::thread_rng().fill_bytes(&mut entropy);
     channel

@@ -523,7 +523,7 @@ impl Jailed {
     fn into_vm(self, channel: AgentChannel, guest_boot_ms: u64) -> Vm {
         Vm {
             id: self.id,
-            channel,
+            channel: crate::AgentLink::new(channel),
             boot_time: self.started.elapsed(),
             guest_boot_ms,
             process: Box::new(self.proc),

@@ -493,7 +493,7 @@ impl Launched {
     pub(crate) fn into_vm(self, channel: AgentChannel, guest_boot_ms: u64) -> Vm {
         Vm {
             id: self.id,
-            channel,
+            channel: crate::AgentLink::new(channel),
             boot_time: self.started.elapsed(),
             guest_boot_ms,
             process: Box::new(self.proc),
