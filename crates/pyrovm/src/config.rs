@@ -89,6 +89,70 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Async executions (`POST /v1/executions`): `[executions]` caps and TTL.
     pub executions: ExecutionsConfig,
+    /// Opt-in egress for jobs, through pyrovm's proxy: the operator's ceiling.
+    pub egress: EgressConfig,
+}
+
+/// `[egress]`: what jobs may reach through pyrovm's egress proxy. A request names
+/// its destinations in `network.allow`, each of which must be within `allow` here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// The ceiling: `host`, `*.suffix`, IP literals, each with an optional `:port`
+    /// (without one: 80 and 443). Empty (the default): egress is off.
+    pub allow: Vec<String>,
+    /// Per request (a sandbox: over its life): bytes received, at most and by default.
+    pub max_bytes_in: u64,
+    /// ... bytes sent.
+    pub max_bytes_out: u64,
+    /// ... proxy connections opened.
+    pub max_connections: u32,
+    /// Connecting to a destination (each of its addresses) gives up after this.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        let b = tvm_api::EgressBounds::default();
+        Self {
+            allow: Vec::new(),
+            max_bytes_in: b.max_bytes_in,
+            max_bytes_out: b.max_bytes_out,
+            max_connections: b.max_connections,
+            connect_timeout_ms: b.connect_timeout_ms,
+        }
+    }
+}
+
+impl EgressConfig {
+    /// The ceiling as validation uses it; `Err` names a bad entry or limit.
+    pub fn bounds(&self) -> Result<tvm_api::EgressBounds, ConfigError> {
+        let ceiling = self
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                tvm_egress::parse_rule(s)
+                    .map_err(|e| ConfigError::Invalid(format!("egress.allow[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_bytes_in == 0
+            || self.max_bytes_out == 0
+            || self.max_connections == 0
+            || self.connect_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "egress: max_bytes_in, max_bytes_out, max_connections and connect_timeout_ms must be positive".into(),
+            ));
+        }
+        Ok(tvm_api::EgressBounds {
+            ceiling,
+            max_bytes_in: self.max_bytes_in,
+            max_bytes_out: self.max_bytes_out,
+            max_connections: self.max_connections,
+            connect_timeout_ms: self.connect_timeout_ms,
+        })
+    }
 }
 
 /// `[executions]`: async executions and their results, held in memory only.
@@ -243,6 +307,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             cluster: ClusterConfig::default(),
             executions: ExecutionsConfig::default(),
+            egress: EgressConfig::default(),
         }
     }
 }
@@ -448,6 +513,7 @@ impl Config {
                 )));
             }
         }
+        self.egress.bounds()?;
         if self.limits.memory_mb.min < 16 || self.workdir_mb == 0 {
             return Err(ConfigError::Invalid(
                 "memory and work dir sizes are too small".into(),

@@ -170,6 +170,7 @@ pub(crate) fn kind(m: &GuestMsg) -> &'static str {
         GuestMsg::Listing { .. } => "listing",
         GuestMsg::Collected { .. } => "collected",
         GuestMsg::FileError { .. } => "file_error",
+        GuestMsg::Net(_) => "net",
     }
 }
 

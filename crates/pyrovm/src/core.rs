@@ -316,6 +316,13 @@ impl Executor {
             vm: Some(vm),
             admitted: Some(admitted),
         };
+        // Egress: the guest's proxy connections go to this request's grant.
+        let usage = cmd.network.as_ref().map(|g| {
+            let usage = Arc::new(tvm_egress::Usage::default());
+            let port = crate::egress::port(Arc::new(g.to_egress()), usage.clone());
+            lease.vm().channel.attach_net(port);
+            usage
+        });
         let job = self.job_for(&cmd);
         let ctx = JobContext {
             id,
@@ -324,7 +331,12 @@ impl Executor {
             vm_start_ms,
             detach_on_cancel: false,
         };
-        let (resp, _) = self.run_stages(lease.vm(), job, &cmd, live, ctx).await;
+        let (mut resp, _) = self.run_stages(lease.vm(), job, &cmd, live, ctx).await;
+        if let Some(u) = usage {
+            let usage = crate::egress::usage_of(&u);
+            self.metrics.egress(&usage);
+            resp.network = Some(usage);
+        }
         self.metrics.finished(&resp);
         // The answer goes out now; the VM is destroyed right after (see `Lease`).
         drop(lease);
@@ -482,6 +494,7 @@ impl Executor {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
             entropy,
+            egress: cmd.network.is_some(),
         }
     }
 
@@ -517,6 +530,7 @@ impl Executor {
             compile: None,
             tests: None,
             verdict: None,
+            network: None,
         }
     }
 
@@ -550,6 +564,7 @@ impl Executor {
             compile: None,
             tests: None,
             verdict: None,
+            network: None,
         }
     }
 }

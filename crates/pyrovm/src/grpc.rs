@@ -70,6 +70,34 @@ pub fn to_request(r: pb::ExecuteRequest) -> ExecuteRequest {
         },
         files_out: r.files_out,
         tests: r.tests.into_iter().map(to_case).collect(),
+        network: r.network.map(network_of),
+    }
+}
+
+/// gRPC `Network` → the request's `network`.
+pub fn network_of(n: pb::Network) -> tvm_api::NetworkRequest {
+    tvm_api::NetworkRequest {
+        allow: n.allow,
+        max_bytes_in: n.max_bytes_in,
+        max_bytes_out: n.max_bytes_out,
+        max_connections: n.max_connections,
+    }
+}
+
+fn network_to_pb(u: &tvm_api::NetworkUsage) -> pb::NetworkUsage {
+    pb::NetworkUsage {
+        bytes_in: u.bytes_in,
+        bytes_out: u.bytes_out,
+        connections: u.connections,
+        refused: u
+            .refused
+            .iter()
+            .map(|r| pb::RefusedDestination {
+                host: r.host.clone(),
+                port: u32::from(r.port),
+                reason: r.reason.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -182,6 +210,7 @@ pub fn to_pb(r: &ExecuteResponse, with_output: bool) -> pb::ExecuteResponse {
         compile: r.compile.as_ref().map(stage_to_pb),
         tests: r.tests.iter().flatten().map(case_to_pb).collect(),
         verdict: verdict_of(r.verdict) as i32,
+        network: r.network.as_ref().map(network_to_pb),
     }
 }
 
@@ -498,6 +527,7 @@ mod tests {
             compile: None,
             tests: None,
             verdict: None,
+            network: None,
         }
     }
 

@@ -78,6 +78,7 @@ pub fn create_request(r: pb::CreateSandboxRequest) -> CreateSandboxRequest {
         ttl_s: r.ttl_s,
         idle_timeout_s: r.idle_timeout_s,
         env: r.env.into_iter().collect(),
+        network: r.network.map(crate::grpc::network_of),
     }
 }
 
@@ -428,6 +429,7 @@ mod tests {
             ttl_s: Some(30),
             idle_timeout_s: None,
             env: HashMap::new(),
+            network: None,
         };
         r.env.insert("K".into(), "v".into());
         let c = create_request(r);

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod converse;
 pub mod core;
+mod egress;
 pub mod executions;
 pub mod grpc;
 pub mod grpc_executions;
@@ -53,6 +54,8 @@ pub enum StartError {
     Backend(String),
     #[error("cluster settings")]
     Cluster(#[from] cluster::ClusterError),
+    #[error("configuration")]
+    Config(#[from] config::ConfigError),
 }
 
 /// A configured service, ready to serve.
@@ -175,7 +178,10 @@ impl Service {
             executions,
             languages: LanguageTable::builtin(),
             versions: tvm_image::installed_versions(&image_dir),
-            bounds: config.limits,
+            bounds: tvm_api::LimitBounds {
+                egress: config.egress.bounds()?,
+                ..config.limits.clone()
+            },
             ready: AtomicBool::new(true),
             sandboxes,
             forwarder: forwarder.clone(),

@@ -21,6 +21,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
     pub vcpus: u32,
     pub memory_mb: u64,
@@ -57,6 +62,9 @@ pub struct Metrics {
     async_executions: Family<StatusLabel, Counter>,
     async_stored: Gauge,
     async_stored_bytes: Gauge,
+    egress_bytes: Family<DirectionLabel, Counter<u64, AtomicU64>>,
+    egress_connections: Counter,
+    egress_refused: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +170,24 @@ impl Metrics {
             "Bytes reserved for async results now (a pending one reserves its worst case)",
             async_stored_bytes.clone(),
         );
+        let egress_bytes = Family::<DirectionLabel, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "egress_bytes",
+            "Bytes jobs exchanged through the egress proxy (in: received from destinations)",
+            egress_bytes.clone(),
+        );
+        let egress_connections = Counter::default();
+        registry.register(
+            "egress_connections",
+            "Proxy connections jobs opened (refused ones included)",
+            egress_connections.clone(),
+        );
+        let egress_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "egress_refused",
+            "Proxy connections refused or cut, by reason (not_allowed, special_address, limit_bytes, ...)",
+            egress_refused.clone(),
+        );
         let vm_boots = Counter::default();
         registry.register("vm_boots", "VM starts attempted", vm_boots.clone());
         let inflight = Gauge::default();
@@ -243,6 +269,28 @@ impl Metrics {
             async_executions,
             async_stored,
             async_stored_bytes,
+            egress_bytes,
+            egress_connections,
+            egress_refused,
+        }
+    }
+
+    /// What one request's (or one sandbox exec's) egress did.
+    pub(crate) fn egress(&self, u: &tvm_api::NetworkUsage) {
+        for (direction, n) in [("in", u.bytes_in), ("out", u.bytes_out)] {
+            self.egress_bytes
+                .get_or_create(&DirectionLabel {
+                    direction: direction.into(),
+                })
+                .inc_by(n);
+        }
+        self.egress_connections.inc_by(u.connections);
+        for r in &u.refused {
+            self.egress_refused
+                .get_or_create(&ReasonLabel {
+                    reason: r.reason.clone(),
+                })
+                .inc();
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Sandbox {
     pid: Option<u32>,
     ended: AtomicBool,
     vm: Arc<tokio::sync::Mutex<Option<Vm>>>,
+    /// What its egress has done so far (with `network` only).
+    egress: Option<Arc<tvm_egress::Usage>>,
 }
 
 type VmGuard = tokio::sync::OwnedMutexGuard<Option<Vm>>;
@@ -305,6 +307,15 @@ impl Sandboxes {
             memory_bytes: cmd.limits.memory_mb << 20,
             max_processes: cmd.limits.max_processes,
             workdir_bytes: cmd.limits.disk_mb << 20,
+            egress: cmd.network.is_some(),
+        });
+        // Egress: the guest's proxy connections go to the sandbox's grant, whose
+        // limits hold over its whole life.
+        let egress = cmd.network.as_ref().map(|g| {
+            let usage = Arc::new(tvm_egress::Usage::default());
+            vm.channel
+                .attach_net(crate::egress::port(Arc::new(g.to_egress()), usage.clone()));
+            usage
         });
         match tokio::time::timeout(FILE_OP_TIMEOUT, request(&mut vm, open)).await {
             Ok(Ok(GuestMsg::Done)) => {}
@@ -336,6 +347,7 @@ impl Sandboxes {
             pid: vm.pid(),
             ended: AtomicBool::new(false),
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+            egress,
         });
         let inserted = {
             let mut inner = lock(&self.inner);
@@ -631,13 +643,19 @@ impl Sandboxes {
             vm_start_ms: 0,
             detach_on_cancel: true,
         };
-        let (resp, usable) = match guard.as_mut() {
+        let net_before = sb.egress.as_deref().map(crate::egress::usage_of);
+        let (mut resp, usable) = match guard.as_mut() {
             Some(vm) => executor.run_stages(vm, job, &cmd, live, ctx).await,
             None => (
                 executor.sandbox_error(ctx.id, "the sandbox has ended", received, 0, 0),
                 false,
             ),
         };
+        if let (Some(u), Some(before)) = (sb.egress.as_deref(), net_before) {
+            let usage = crate::egress::since(&before, crate::egress::usage_of(u));
+            executor.metrics.egress(&usage);
+            resp.network = Some(usage);
+        }
         sb.execs.fetch_add(1, Ordering::Relaxed);
         sb.touch();
         executor.metrics.finished(&resp);

@@ -6,6 +6,7 @@
 mod cases;
 mod executions;
 mod languages;
+mod network;
 mod sandbox;
 mod types;
 mod validate;
@@ -17,6 +18,10 @@ pub use executions::{
     ExecutionState, ExecutionSummary,
 };
 pub use languages::{public_class, Language, LanguageError, LanguageTable};
+pub use network::{
+    validate_network, EgressBounds, NetworkGrant, NetworkRequest, NetworkUsage, RefusedDestination,
+    MAX_ALLOW_ENTRIES,
+};
 pub use sandbox::{
     parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,
     FileWritten, SandboxBounds, SandboxCommand, SandboxInfo, SandboxLimits, SandboxLimitsRequest,

@@ -22,6 +22,10 @@ pub struct CreateSandboxRequest {
     /// Environment of every exec in it (an exec's own `env` wins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Egress for every exec in it, through the host's proxy (off by default); the
+    /// limits count over the sandbox's whole life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkRequest>,
 }
 
 /// Limits of the whole sandbox: every exec in it shares them.
@@ -86,6 +90,7 @@ pub struct SandboxCommand {
     pub ttl_s: u64,
     pub idle_timeout_s: u64,
     pub env: BTreeMap<String, String>,
+    pub network: Option<crate::network::NetworkGrant>,
 }
 
 /// What the API says about one live sandbox.
@@ -176,11 +181,13 @@ pub fn validate_sandbox(
     let idle_timeout_s =
         crate::validate::bounded("idle_timeout_s", req.idle_timeout_s, bounds.idle_timeout_s)?;
     crate::validate::check_env(&req.env, limits)?;
+    let network = crate::network::validate_network(req.network.as_ref(), &limits.egress)?;
     Ok(SandboxCommand {
         limits: resolved,
         ttl_s,
         idle_timeout_s,
         env: req.env,
+        network,
     })
 }
 

@@ -28,6 +28,9 @@ pub struct ExecuteRequest {
     /// fresh copy of the compiled work dir, each with its own result and verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestCase>,
+    /// Egress through the host's proxy to these destinations only (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkRequest>,
 }
 
 /// One test case of a request's `tests`.
@@ -215,6 +218,9 @@ pub struct ExecuteResponse {
     /// With `tests`: `accepted` if every case was, else the first other verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// With `network`: what the job's egress did (bytes, connections, refusals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkUsage>,
 }
 
 /// One entry of `GET /v1/languages`.

@@ -30,6 +30,8 @@ pub struct ExecuteCommand {
     pub code_file: String,
     /// Test cases; empty: the program runs once with `stdin` and `args`.
     pub tests: Vec<CaseCommand>,
+    /// Egress through the host's proxy; `None`: no way out (the default).
+    pub network: Option<crate::network::NetworkGrant>,
 }
 
 impl ExecuteCommand {
@@ -89,7 +91,7 @@ pub struct Bound {
 }
 
 /// Defaults and maxima; part of pyrovm's config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitBounds {
     pub timeout_ms: Bound,
@@ -114,6 +116,9 @@ pub struct LimitBounds {
     pub max_files_out: usize,
     /// ... holding at most this many bytes together (before base64).
     pub max_files_out_bytes: usize,
+    /// The egress ceiling: pyrovm's `[egress]` section, not part of `[limits]`.
+    #[serde(skip)]
+    pub egress: crate::network::EgressBounds,
 }
 
 impl Default for LimitBounds {
@@ -164,6 +169,7 @@ impl Default for LimitBounds {
             max_arg_bytes: 4096,
             max_files_out: 64,
             max_files_out_bytes: 8 << 20,
+            egress: crate::network::EgressBounds::default(),
         }
     }
 }
@@ -208,6 +214,9 @@ pub enum ValidationError {
     SandboxLimit(&'static str),
     #[error("{0}")]
     Conflict(&'static str),
+    /// The request's `network` is malformed or outside what the server allows.
+    #[error("{0}")]
+    Network(String),
     #[error("a batch holds 1 to {max} requests, got {got}")]
     BatchSize { max: usize, got: usize },
     /// A request of a batch (its code is the request's own).
@@ -231,6 +240,7 @@ impl ValidationError {
             Self::SandboxLimit(_) | Self::Conflict(_) => "invalid_argument",
             Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
             Self::BatchSize { .. } => "batch_size",
+            Self::Network(_) => "network_not_allowed",
             Self::InBatch { inner, .. } => inner.code(),
         }
     }
@@ -406,6 +416,7 @@ pub fn validate(
             reason,
         })?;
     }
+    let network = crate::network::validate_network(req.network.as_ref(), &bounds.egress)?;
     Ok(ExecuteCommand {
         language,
         code: req.code.into_bytes(),
@@ -417,6 +428,7 @@ pub fn validate(
         files_out: req.files_out,
         code_file,
         tests,
+        network,
     })
 }
 
@@ -497,6 +509,11 @@ pub fn validate_in_sandbox(
     if !req.tests.is_empty() {
         return Err(ValidationError::Conflict(
             "tests run in a fresh VM of their own: use POST /v1/execute",
+        ));
+    }
+    if req.network.is_some() {
+        return Err(ValidationError::Conflict(
+            "network is set once for the whole sandbox, when it is created",
         ));
     }
     for (name, set) in [

@@ -129,6 +129,7 @@ fn valid_request() -> impl Strategy<Value = ExecuteRequest> {
                 limits,
                 files_out: Vec::new(),
                 tests: Vec::new(),
+                network: None,
             }
         })
 }

@@ -130,6 +130,26 @@ struct LimitArgs {
     /// Memory limit of the compile stage in MiB.
     #[arg(long)]
     compile_memory_mb: Option<u64>,
+    /// Let the program reach this destination through the server's egress proxy
+    /// (host, *.suffix or IP, optional :port; within the server's [egress] allow).
+    /// Repeatable. Without it the program has no network.
+    #[arg(long = "allow", value_name = "HOST[:PORT]")]
+    allow: Vec<String>,
+}
+
+impl LimitArgs {
+    /// The request's `network`, when any destination was allowed.
+    fn network(&self) -> Option<tvm_api::NetworkRequest> {
+        network(&self.allow)
+    }
+}
+
+/// `--allow` flags as a request's `network`.
+pub(crate) fn network(allow: &[String]) -> Option<tvm_api::NetworkRequest> {
+    (!allow.is_empty()).then(|| tvm_api::NetworkRequest {
+        allow: allow.to_vec(),
+        ..Default::default()
+    })
 }
 
 impl From<LimitArgs> for RequestLimits {
@@ -241,6 +261,7 @@ fn execute(
         code,
         stdin: exec::piped_stdin()?,
         args,
+        network: limits.network(),
         limits: limits.into(),
         ..Default::default()
     };

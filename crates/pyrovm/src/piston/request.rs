@@ -182,6 +182,7 @@ pub fn to_request(
         limits,
         files_out: Vec::new(),
         tests: Vec::new(),
+        network: None,
     })
 }
 

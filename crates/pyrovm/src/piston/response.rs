@@ -292,6 +292,7 @@ mod tests {
             compile,
             tests: None,
             verdict: None,
+            network: None,
         }
     }
 

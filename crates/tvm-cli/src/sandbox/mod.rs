@@ -112,6 +112,10 @@ pub struct CreateArgs {
     /// Environment of every exec: K=V, or K for this shell's value. Repeatable.
     #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Let every exec reach this destination through the server's egress proxy
+    /// (host, *.suffix or IP, optional :port). Repeatable. Default: no network.
+    #[arg(long = "allow", value_name = "HOST[:PORT]")]
+    allow: Vec<String>,
     /// Print the whole sandbox description as JSON instead of the id.
     #[arg(long)]
     json: bool,
@@ -197,6 +201,7 @@ fn create(server: &str, a: CreateArgs) -> anyhow::Result<ExitCode> {
         ttl_s: a.ttl,
         idle_timeout_s: a.idle_timeout,
         env: a.env.into_iter().collect(),
+        network: crate::network(&a.allow),
     };
     let body = Body::Json(serde_json::to_value(&req)?);
     let bytes = match client::call(server, Method::POST, "/v1/sandboxes", body)? {
