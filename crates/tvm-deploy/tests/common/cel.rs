@@ -27,6 +27,28 @@ pub enum Rule {
     KeysArePorts,
     /// serviceAccounts excludes principals and namespaces (AuthorizationPolicy source)
     ServiceAccountsExclusive,
+    /// `self != "*"` (ServiceEntry host)
+    NotStar,
+    /// `0 < self && self <= 65535` (a port number)
+    PortNumber,
+    /// `self.all(l1, self.exists_one(l2, l1.number == l2.number))` (ServiceEntry ports)
+    UniquePortNumbers,
+    /// CIDR `addresses` only with resolution STATIC or NONE (ServiceEntry)
+    CidrAddressesNeedStaticOrNone,
+    /// resolution NONE (the default) takes no `endpoints` (ServiceEntry)
+    NoEndpointsWithResolutionNone,
+    /// resolution DNS_ROUND_ROBIN takes at most one endpoint (ServiceEntry)
+    DnsRoundRobinAtMostOneEndpoint,
+    /// `has(self.address) || has(self.network)` (WorkloadEntry)
+    AddressOrNetwork,
+    /// a `unix://` address has no `ports` (WorkloadEntry)
+    UnixAddressNoPorts,
+    /// a `unix://` address is absolute (`/`) or abstract (`@`)
+    UnixAddressAbsoluteOrAbstract,
+    /// a `unix://` address does not end in `/`
+    UnixAddressNoTrailingSlash,
+    /// keys are port names: `size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")`
+    KeysArePortNames,
 }
 
 fn normalize(rule: &str) -> String {
@@ -48,6 +70,31 @@ impl Rule {
             "self.all(key, 0 < int(key) && int(key) <= 65535)" => Self::KeysArePorts,
             "(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) && !has(self.notPrincipals) && !has(self.namespaces) && !has(self.notNamespaces)) : true" => {
                 Self::ServiceAccountsExclusive
+            }
+            "self != \"*\"" => Self::NotStar,
+            "0 < self && self <= 65535" => Self::PortNumber,
+            "self.all(l1, self.exists_one(l2, l1.number == l2.number))" => Self::UniquePortNumbers,
+            "!((has(self.addresses) ? self.addresses : []).exists(k, k.contains(\"/\")) && !((has(self.resolution) ? self.resolution : \"NONE\") in [\"STATIC\", \"NONE\"]))" => {
+                Self::CidrAddressesNeedStaticOrNone
+            }
+            "((has(self.resolution) ? self.resolution : \"NONE\") == \"NONE\") ? !has(self.endpoints) : true" => {
+                Self::NoEndpointsWithResolutionNone
+            }
+            "((has(self.resolution) ? self.resolution : \"\") == \"DNS_ROUND_ROBIN\") ? ((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true" => {
+                Self::DnsRoundRobinAtMostOneEndpoint
+            }
+            "has(self.address) || has(self.network)" => Self::AddressOrNetwork,
+            "(has(self.address) ? self.address : \"\").startsWith(\"unix://\") ? !has(self.ports) : true" => {
+                Self::UnixAddressNoPorts
+            }
+            "self.startsWith(\"unix://\") ? (self.substring(7, 8) == \"/\" || self.substring(7, 8) == \"@\") : true" => {
+                Self::UnixAddressAbsoluteOrAbstract
+            }
+            "self.startsWith(\"unix://\") ? !self.endsWith(\"/\") : true" => {
+                Self::UnixAddressNoTrailingSlash
+            }
+            "self.all(key, size(key) < 63 && key.matches(\"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$\"))" => {
+                Self::KeysArePortNames
             }
             other => return at_most_one_of(other).map(Self::AtMostOneOf),
         })
@@ -86,6 +133,71 @@ impl Rule {
                         || has("namespaces")
                         || has("notNamespaces"))
             }
+            (Self::NotStar, Value::String(s)) => s != "*",
+            (Self::PortNumber, Value::Number(n)) => n.as_i64().is_some_and(|p| 0 < p && p <= 65535),
+            (Self::UniquePortNumbers, Value::Array(ports)) => ports.iter().all(|p1| {
+                ports
+                    .iter()
+                    .filter(|p2| p1.get("number") == p2.get("number"))
+                    .count()
+                    == 1
+            }),
+            (Self::CidrAddressesNeedStaticOrNone, Value::Object(m)) => {
+                let cidr = m
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|k| k.as_str().is_some_and(|k| k.contains('/')))
+                    });
+                let resolution = m
+                    .get("resolution")
+                    .and_then(Value::as_str)
+                    .unwrap_or("NONE");
+                !cidr || ["STATIC", "NONE"].contains(&resolution)
+            }
+            (Self::NoEndpointsWithResolutionNone, Value::Object(m)) => {
+                m.get("resolution")
+                    .and_then(Value::as_str)
+                    .unwrap_or("NONE")
+                    != "NONE"
+                    || !m.contains_key("endpoints")
+            }
+            (Self::DnsRoundRobinAtMostOneEndpoint, Value::Object(m)) => {
+                m.get("resolution").and_then(Value::as_str) != Some("DNS_ROUND_ROBIN")
+                    || m.get("endpoints")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                        <= 1
+            }
+            (Self::AddressOrNetwork, Value::Object(m)) => {
+                m.contains_key("address") || m.contains_key("network")
+            }
+            (Self::UnixAddressNoPorts, Value::Object(m)) => {
+                !m.get("address")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .starts_with("unix://")
+                    || !m.contains_key("ports")
+            }
+            (Self::UnixAddressAbsoluteOrAbstract, Value::String(s)) => {
+                match s.strip_prefix("unix://") {
+                    // CEL's substring(7, 8) fails on a string of 7 characters: the rule fails.
+                    Some(rest) => rest.starts_with('/') || rest.starts_with('@'),
+                    None => true,
+                }
+            }
+            (Self::UnixAddressNoTrailingSlash, Value::String(s)) => {
+                !s.starts_with("unix://") || !s.ends_with('/')
+            }
+            (Self::KeysArePortNames, Value::Object(m)) => m.keys().all(|k| {
+                let b = k.as_bytes();
+                let alnum = |c: &u8| c.is_ascii_alphanumeric();
+                k.chars().count() < 63
+                    && b.first().is_some_and(alnum)
+                    && b.last().is_some_and(alnum)
+                    && b.iter().all(|c| alnum(c) || *c == b'-')
+            }),
             _ => true,
         };
         (!ok).then(|| format!("violates {self:?}"))
@@ -193,6 +305,32 @@ mod tests {
         assert!(r
             .check(&json!({"serviceAccounts": ["a"], "principals": ["x"]}))
             .is_some());
+        let r = Rule::parse("self.all(l1, self.exists_one(l2, l1.number == l2.number))").unwrap();
+        assert!(r.check(&json!([{"number": 80}, {"number": 443}])).is_none());
+        assert!(r.check(&json!([{"number": 80}, {"number": 80}])).is_some());
+        let r = Rule::parse("self != \"*\"").unwrap();
+        assert!(r.check(&json!("pypi.org")).is_none());
+        assert!(r.check(&json!("*")).is_some());
+        let r = Rule::parse("0 < self && self <= 65535").unwrap();
+        assert!(r.check(&json!(443)).is_none());
+        assert!(r.check(&json!(0)).is_some());
+        assert!(r.check(&json!(65536)).is_some());
+        let r = Rule::parse(
+            "((has(self.resolution) ? self.resolution : \"NONE\") == \"NONE\") ? !has(self.endpoints) : true",
+        )
+        .unwrap();
+        assert!(r
+            .check(&json!({"resolution": "DNS", "endpoints": []}))
+            .is_none());
+        assert!(r.check(&json!({"endpoints": []})).is_some());
+        let r = Rule::parse("self.startsWith(\"unix://\") ? (self.substring(7, 8) == \"/\" || self.substring(7, 8) == \"@\") : true").unwrap();
+        assert!(r.check(&json!("unix:///run/x.sock")).is_none());
+        assert!(r.check(&json!("unix://")).is_some());
+        assert!(r.check(&json!("1.2.3.4")).is_none());
+        let r = Rule::parse("self.all(key, size(key) < 63 && key.matches(\"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$\"))").unwrap();
+        assert!(r.check(&json!({"http-2": 80, "a": 1})).is_none());
+        assert!(r.check(&json!({"-http": 80})).is_some());
+        assert!(r.check(&json!({"http_2": 80})).is_some());
         assert!(Rule::parse("self.matches('^[a-z]+$')").is_none());
         assert!(Rule::parse("(has(self.a) ? 1 : 0) <= 1").is_none());
     }
