@@ -13,6 +13,7 @@ pub mod executions;
 pub mod grpc;
 pub mod grpc_executions;
 pub mod grpc_sandboxes;
+mod hold;
 pub mod metrics;
 pub mod openapi;
 pub mod piston;

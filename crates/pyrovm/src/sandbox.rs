@@ -126,9 +126,11 @@ pub struct Sandbox {
     vm: Arc<tokio::sync::Mutex<Option<Vm>>>,
     /// What its egress has done so far (with `network` only).
     egress: Option<Arc<tvm_egress::Usage>>,
+    /// Who has the VM between requests (with egress: a pump serving it).
+    between: Arc<crate::hold::Idle>,
 }
 
-type VmGuard = tokio::sync::OwnedMutexGuard<Option<Vm>>;
+type VmGuard = crate::hold::Held;
 
 /// An exec that passed every check and holds its sandbox (and an execution slot).
 #[derive(Debug)]
@@ -275,6 +277,9 @@ impl Sandboxes {
                     if sb.idle_for() >= sb.idle {
                         self.end(&sb, EndReason::Idle);
                     }
+                } else if sb.between.pumping() {
+                    // Only its egress pump holds it: no request runs.
+                    self.end(&sb, EndReason::Idle);
                 }
             }
         }
@@ -347,6 +352,7 @@ impl Sandboxes {
             pid: vm.pid(),
             ended: AtomicBool::new(false),
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+            between: crate::hold::Idle::new(egress.is_some()),
             egress,
         });
         let inserted = {
@@ -477,7 +483,7 @@ impl Sandboxes {
         }
         let sb = sb.clone();
         Some(tokio::spawn(async move {
-            if let Some(vm) = sb.vm.lock().await.take() {
+            if let Some(vm) = sb.between.close(&sb.vm).await.take() {
                 vm.destroy().await;
             }
         }))
@@ -508,9 +514,11 @@ impl Sandboxes {
 
     /// Waits (bounded by `busy_timeout`) for the sandbox to be free, then holds it.
     async fn hold_owned(&self, sb: &Sandbox) -> Result<VmGuard, SandboxError> {
-        let guard = tokio::time::timeout(self.settings.busy_timeout, sb.vm.clone().lock_owned())
+        let guard = sb
+            .between
+            .hold(&sb.vm, self.settings.busy_timeout)
             .await
-            .map_err(|_| SandboxError::Busy {
+            .ok_or_else(|| SandboxError::Busy {
                 id: sb.id.clone(),
                 waited_ms: self.settings.busy_timeout.as_millis() as u64,
             })?;

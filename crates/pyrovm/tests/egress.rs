@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use common::TestServer;
+use common::{check_against_openapi, TestServer};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,9 +74,16 @@ impl Outside {
                         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                    let _ = s.write_all(&body).await;
+                    if s.write_all(resp.as_bytes()).await.is_err()
+                        || s.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
                     let _ = s.shutdown().await;
+                    // The client read it all when it closes its side.
+                    if matches!(s.read(&mut b).await, Ok(0)) {
+                        log.lock().expect("log").push(format!("done {path}"));
+                    }
                 });
             }
         });
@@ -128,6 +135,21 @@ fn wheel() -> Vec<u8> {
         z.finish().expect("zip");
     }
     buf.into_inner()
+}
+
+/// A server whose ceiling is the one outside server it starts (`None`: skipped).
+async fn with_outside(test: &str) -> Option<(TestServer, Outside)> {
+    let outside = Outside::start("127.0.0.2").await;
+    let port = outside.addr.port();
+    let Some(srv) = TestServer::start(move |c| {
+        c.egress.allow = vec![format!("127.0.0.2:{port}")];
+    })
+    .await
+    else {
+        eprintln!("SKIP {test}: no guest image (run `make image`)");
+        return None;
+    };
+    Some((srv, outside))
 }
 
 async fn python(srv: &TestServer, code: &str, network: Option<Value>) -> (u16, Value) {
@@ -300,6 +322,7 @@ print('metadata=' + get('http://169.254.169.254/latest/meta-data/'))
     let (status, v) = python(&srv, &code, Some(net)).await;
     assert_eq!(status, 200, "{v:#}");
     assert_eq!(v["status"], "completed", "{v:#}");
+    check_against_openapi("post", "/v1/execute", 200, &v);
     assert_eq!(line(&v, "proxy_env"), "http://127.0.0.1:3128", "{v:#}");
     assert_eq!(line(&v, "plain"), HELLO, "{v:#}");
     assert_eq!(line(&v, "connect"), HELLO, "{v:#}");
@@ -348,7 +371,11 @@ print('metadata=' + get('http://169.254.169.254/latest/meta-data/'))
     }
     // Plain HTTP reached the outside in origin form, closed after one exchange; the
     // other server and pyrovm's API were never reached.
-    let seen = outside.seen();
+    let seen: Vec<String> = outside
+        .seen()
+        .into_iter()
+        .filter(|r| !r.starts_with("done "))
+        .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
         seen.iter().all(|r| r.starts_with("GET /hello HTTP/1.1")),
@@ -396,16 +423,12 @@ except Exception as e:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pip_install_from_an_allowed_index_persists_in_a_sandbox() {
-    let outside = Outside::start("127.0.0.2").await;
-    let port = outside.addr.port();
-    let Some(srv) = TestServer::start(move |c| {
-        c.egress.allow = vec![format!("127.0.0.2:{port}")];
-    })
-    .await
+    let Some((srv, outside)) =
+        with_outside("pip_install_from_an_allowed_index_persists_in_a_sandbox").await
     else {
-        eprintln!("SKIP pip_install_from_an_allowed_index_persists_in_a_sandbox: no guest image (run `make image`)");
         return;
     };
+    let port = outside.addr.port();
     let (status, sb) = srv
         .post_raw(
             "/v1/sandboxes",
@@ -453,6 +476,40 @@ async fn pip_install_from_an_allowed_index_persists_in_a_sandbox() {
             .any(|r| r.starts_with("GET /files/tvmdemo-1.0-py3-none-any.whl")),
         "{seen:?}"
     );
+    // A download left running in the background goes on between requests: nothing
+    // asks anything of the sandbox while it runs.
+    let (status, v) = exec(
+        format!(
+            "nohup python3 -c \"import urllib.request; d = urllib.request.urlopen('http://127.0.0.2:{port}/big', timeout=120).read(); open('bg.bin', 'wb').write(d)\" >/dev/null 2>&1 &"
+        ),
+        "bash",
+    )
+    .await;
+    assert_eq!(status, 200, "{v:#}");
+    let started = std::time::Instant::now();
+    while !outside.seen().iter().any(|r| r == "done /big") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "the background download did not finish between requests: {:?}",
+            outside
+                .seen()
+                .iter()
+                .map(|r| r.lines().next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "background download of {BIG} bytes done in {:?} with no request running",
+        started.elapsed()
+    );
+    let check = format!(
+        "import os, time\nfor _ in range(100):\n    if os.path.exists('bg.bin') and os.path.getsize('bg.bin') == {BIG}: break\n    time.sleep(0.1)\nprint(os.path.getsize('bg.bin'))"
+    );
+    let (status, v) = exec(check, "python").await;
+    assert_eq!(status, 200, "{v:#}");
+    assert_eq!(stdout(&v).trim(), BIG.to_string(), "{v:#}");
+
     // An exec may not ask for a network of its own.
     let (status, v) = srv
         .post_raw(
@@ -469,6 +526,87 @@ async fn pip_install_from_an_allowed_index_persists_in_a_sandbox() {
         .await
         .expect("delete");
     assert_eq!(resp.status().as_u16(), 204);
+    srv.assert_no_vms().await;
+    srv.stop().await;
+}
+
+/// The same field through gRPC and through an async execution.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_and_async_executions_carry_the_grant_and_the_usage() {
+    use pyrovm::grpc::pb;
+    use pyrovm::grpc::pb::execution_client::ExecutionClient;
+
+    let Some((srv, outside)) =
+        with_outside("grpc_and_async_executions_carry_the_grant_and_the_usage").await
+    else {
+        return;
+    };
+    let port = outside.addr.port();
+    let code = format!(
+        "import urllib.request\nprint(urllib.request.urlopen('http://127.0.0.2:{port}/hello', timeout=20).read().decode())\n"
+    );
+    let ch = tonic::transport::Channel::from_shared(srv.base.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC connection");
+    let mut client = ExecutionClient::new(ch);
+    let r = client
+        .execute(pb::ExecuteRequest {
+            language: "python".into(),
+            code: code.clone(),
+            network: Some(pb::Network {
+                allow: vec![format!("127.0.0.2:{port}")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("execute")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), HELLO, "{r:?}");
+    let n = r.network.expect("network usage");
+    assert_eq!(n.connections, 1, "{n:?}");
+    assert!(n.bytes_in > HELLO.len() as u64, "{n:?}");
+    // Outside the ceiling: INVALID_ARGUMENT, nothing runs.
+    let e = client
+        .execute(pb::ExecuteRequest {
+            language: "python".into(),
+            code: "print(1)".into(),
+            network: Some(pb::Network {
+                allow: vec!["example.com".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("outside the ceiling");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // Async: submitted, then read with the usage in the stored result.
+    let (status, sub) = srv
+        .post_raw(
+            "/v1/executions",
+            serde_json::to_vec(&json!({"language": "python", "code": code,
+                "network": {"allow": [format!("127.0.0.2:{port}")]}}))
+            .expect("json"),
+        )
+        .await;
+    assert_eq!(status, 202, "{sub:#}");
+    let id = sub["id"].as_str().expect("id");
+    let (status, text) = srv
+        .get(&format!("/v1/executions/{id}?wait=true&timeout_ms=60000"))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(stdout(&v).trim(), HELLO, "{v:#}");
+    assert_eq!(v["network"]["connections"], 1, "{v:#}");
+    let requests = outside
+        .seen()
+        .iter()
+        .filter(|r| r.starts_with("GET "))
+        .count();
+    assert_eq!(requests, 2, "{:?}", outside.seen());
     srv.assert_no_vms().await;
     srv.stop().await;
 }

@@ -9,7 +9,7 @@
 //! channel never waits on a connection and a job's output is never stuck behind one.
 //!
 //! Connections progress while someone reads the link: during a job and during any
-//! request. Between the requests of an idle sandbox their frames wait in the channel.
+//! request; between the requests of a sandbox, pyrovm keeps reading it (`hold`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
