@@ -253,6 +253,15 @@ pub fn run_as_init() -> i32 {
     serve(ch, first)
 }
 
+/// Whether answering `msg` may need the channel read while it runs (egress).
+fn wants_egress(msg: &HostMsg) -> bool {
+    match msg {
+        HostMsg::Run(job) => job.egress,
+        HostMsg::Open(spec) => spec.egress,
+        _ => true,
+    }
+}
+
 /// From the first work message on: splits the channel, then answers requests one at
 /// a time until the channel ends. See [`link`].
 fn serve(ch: link::Channel, first: HostMsg) -> i32 {
@@ -269,6 +278,19 @@ fn serve(ch: link::Channel, first: HostMsg) -> i32 {
         SocketAddr::from(([127, 0, 0, 1], tvm_proto::EGRESS_PORT)),
         egress::MAX_CONNS,
     );
+    let mut state = State::default();
+    let mut first = Some(first);
+    // The host sends net frames only after the guest opened a connection, which only
+    // a job with egress does: a first request without it is answered before the
+    // reader thread starts, so that start stays off a one-shot job's critical path.
+    if first.as_ref().is_some_and(|m| !wants_egress(m)) {
+        if let Some(msg) = first.take() {
+            if let Err(e) = serve_one(msg, &mut state, &link, &net) {
+                eprintln!("tvm-agent: cannot answer: {}", error_chain(&e));
+                return 5;
+            }
+        }
+    }
     let requests = match link::spawn_reader(reader, net.clone()) {
         Ok(rx) => rx,
         Err(e) => {
@@ -276,8 +298,7 @@ fn serve(ch: link::Channel, first: HostMsg) -> i32 {
             return 2;
         }
     };
-    let mut state = State::default();
-    let mut next = Some(first);
+    let mut next = first.or_else(|| requests.recv().ok());
     while let Some(msg) = next.take() {
         if let Err(e) = serve_one(msg, &mut state, &link, &net) {
             eprintln!("tvm-agent: cannot answer: {}", error_chain(&e));
