@@ -12,7 +12,7 @@ AGENT := target/$(TARGET)/release/tvm-agent
 PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
             mmdebstrap erofs-utils xz-utils curl ca-certificates
 
-.PHONY: run test bench soak fuzz deps agent build image guest-image oci-deps oci-image lint unit check-leftovers clean
+.PHONY: run test bench soak fuzz deps sdk-deps sdk-test agent build image guest-image oci-deps oci-image lint unit check-leftovers clean
 
 OCI_OUT ?= target/oci
 OCI_FLAGS := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER) --jailer $(JAILER))
@@ -22,11 +22,24 @@ run: guest-image build
 	@echo "==> pyroshell (embedded) on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
 	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyroshell --mode embedded --listen $(LISTEN)
 
-test: image lint
+test: image lint sdk-deps
 	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets --no-fail-fast -- --nocapture
+	$(MAKE) --no-print-directory sdk-test
 	@echo "==> short soak (100 mixed executions; \`make soak\` runs 1000)"
 	SOAK_N=100 PYROVM_BIN=target/debug/pyrovm TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 	$(MAKE) --no-print-directory check-leftovers
+
+# The SDKs (Python, TypeScript) and the MCP server, each in a throwaway environment,
+# against a real pyrovm (the release build) with real VMs.
+sdk-test:
+	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_IMAGE_DIR=$(CACHE)/current TVM_REQUIRE_VM=1 sdk/python/run-tests.sh
+	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_IMAGE_DIR=$(CACHE)/current TVM_REQUIRE_VM=1 sdk/typescript/run-tests.sh
+	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_BIN=$(CURDIR)/target/release/tvm TVM_IMAGE_DIR=$(CACHE)/current scripts/mcp-test.sh
+
+# Node and npm (TypeScript SDK) and Python's venv (Python SDK, MCP client) when missing.
+sdk-deps:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm; }
+	@python3 -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv; }
 
 # Fuzz the API parsers and the agent protocol decoder, FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60

@@ -149,6 +149,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::serve))
+        .nest_service("/mcp", crate::api::mcp::service(state.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // Outside the limit layer: the whole body must arrive within the deadline.
         .layer(axum::middleware::from_fn_with_state(

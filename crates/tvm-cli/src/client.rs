@@ -185,7 +185,7 @@ fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Result<ErrorBo
 }
 
 /// Adds `Authorization: Bearer $TVM_TOKEN` when set.
-fn with_auth(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+pub(crate) fn with_auth(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     match std::env::var("TVM_TOKEN") {
         Ok(t) if !t.is_empty() => r.bearer_auth(t),
         _ => r,

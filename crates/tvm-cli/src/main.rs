@@ -7,6 +7,7 @@ mod client;
 mod doctor;
 mod exec;
 mod languages;
+mod mcp;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -78,6 +79,10 @@ enum Cmd {
     },
     /// Say which backend and accelerator this host would use, and why.
     Doctor,
+    /// MCP server on stdio for AI agents (execute, sandboxes), bridged to the
+    /// server's /mcp. Register it in an MCP client as the command `tvm mcp`
+    /// (with TVM_SERVER and TVM_TOKEN in its environment).
+    Mcp,
     /// Guest image commands.
     Image {
         #[command(subcommand)]
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Languages { json } => languages::run(&cli.server, json),
         Cmd::Sandbox { cmd } => sandbox::run(&cli.server, cmd),
         Cmd::Doctor => Ok(doctor::run()),
+        Cmd::Mcp => mcp::run(&cli.server),
         Cmd::Image {
             cmd:
                 ImageCmd::Build {

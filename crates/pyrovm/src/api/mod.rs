@@ -2,4 +2,5 @@
 //! Piston still live in `server`, `grpc` and `piston`.)
 
 pub mod executions;
+pub mod mcp;
 pub mod sandboxes;

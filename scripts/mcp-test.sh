@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The MCP server, exercised by the official MCP Python SDK client (`pip install mcp`)
+# in a throwaway venv: against a real pyrovm (real VMs) over streamable HTTP at /mcp,
+# and over stdio through `tvm mcp`. PYROVM_BIN and TVM_BIN default to the release
+# builds; TVM_IMAGE_DIR to ~/.cache/tvm/current.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYROVM_BIN="${PYROVM_BIN:-$ROOT/target/release/pyrovm}"
+TVM_BIN="${TVM_BIN:-$ROOT/target/release/tvm}"
+IMAGE="${TVM_IMAGE_DIR:-$HOME/.cache/tvm/current}"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcp-test.XXXXXX")"
+PID=""
+cleanup() {
+  if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+echo "==> venv with the MCP Python SDK in $TMP"
+python3 -m venv "$TMP/venv"
+"$TMP/venv/bin/pip" install --quiet --disable-pip-version-check mcp
+"$TMP/venv/bin/pip" list --disable-pip-version-check 2>/dev/null | grep -E '^mcp '
+
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+TOKEN="mcp-test-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+echo "$TOKEN" > "$TMP/tokens"
+cat > "$TMP/pyrovm.toml" <<TOML
+listen = "127.0.0.1:$PORT"
+runtime_dir = "$TMP/run"
+image_dir = "$IMAGE"
+token_file = "$TMP/tokens"
+[[pool]]
+vcpus = 1
+memory_mb = 256
+size = 1
+TOML
+"$PYROVM_BIN" --config "$TMP/pyrovm.toml" 2> "$TMP/pyrovm.log" &
+PID=$!
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
+  sleep 0.1
+done
+echo "==> MCP over HTTP and over stdio (tvm mcp)"
+"$TMP/venv/bin/python" "$ROOT/scripts/mcp-check.py" "http://127.0.0.1:$PORT" "$TOKEN" "$TVM_BIN"
