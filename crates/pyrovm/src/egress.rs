@@ -8,6 +8,7 @@
 //! window the guest grants with its `Ack`s. Dropping the port (the VM ends) ends
 //! every connection of the VM.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -51,10 +52,6 @@ impl Drop for Tasks {
             t.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The port of one VM whose job (or sandbox) was granted egress.

@@ -124,7 +124,7 @@ impl Executions {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// Accepts every command for `caller`, or none: each is queued for a slot and

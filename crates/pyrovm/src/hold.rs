@@ -8,6 +8,7 @@
 //! VM back from the pump (no lock round-trip, no race with the pump starting), and
 //! the end of the sandbox stops the pump for good.
 
+use crate::lock;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,10 +43,6 @@ struct IdleState {
 struct Pump {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Guard>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Idle {

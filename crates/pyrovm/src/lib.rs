@@ -281,3 +281,9 @@ impl Service {
         Ok(())
     }
 }
+
+/// Locks a mutex; a poisoned lock only means a panic elsewhere, and the state behind
+/// every such lock here stays usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -185,7 +185,7 @@ impl Pool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VmSpec, ClassState>> {
         // A poisoned lock only means a panic elsewhere; the map itself stays usable.
-        self.classes.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.classes)
     }
 
     /// A ready VM of this class, if any (a miss is counted and a refill starts);

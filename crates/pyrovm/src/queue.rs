@@ -144,7 +144,7 @@ impl Queue {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock is a bug elsewhere; the counts stay usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.inner)
     }
 
     pub fn settings(&self) -> &QueueSettings {

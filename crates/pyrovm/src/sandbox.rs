@@ -9,6 +9,7 @@
 //! cgroup, sockets). Nothing is written to host disk: the files live in the guest.
 //! Handlers never see a VM: they call the methods here with a validated command.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -170,11 +171,6 @@ impl Sandbox {
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the data stays usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Default)]
