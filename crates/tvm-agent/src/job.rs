@@ -45,14 +45,14 @@ pub(crate) enum JobError {
 }
 
 /// How long to wait for output to drain after the program has exited.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 /// In a sandbox, how long output is still taken after the program exited while
 /// processes it started in the background keep running (and may hold the pipes).
-const BACKGROUND_GRACE: Duration = Duration::from_millis(100);
+pub(crate) const BACKGROUND_GRACE: Duration = Duration::from_millis(100);
 /// Largest chunk read from a pipe and sent in one frame.
 const CHUNK: usize = 64 * 1024;
 
-enum Event {
+pub(crate) enum Event {
     Out(Stream, Vec<u8>),
     Eof,
     Exited(WaitStatus),
@@ -84,6 +84,15 @@ impl Session {
 
     pub(crate) fn egress(&self) -> bool {
         self.egress
+    }
+
+    /// A cgroup of its own for one spawned process, inside the sandbox's, and the
+    /// file-size limit the process gets.
+    pub(crate) fn proc_cgroup(&mut self) -> std::io::Result<(JobCgroup, u64)> {
+        self.jobs += 1;
+        self.cgroup.reap_children();
+        let cg = self.cgroup.child(&format!("proc{}", self.jobs))?;
+        Ok((cg, self.workdir_bytes))
     }
 }
 
@@ -500,7 +509,7 @@ fn write_file(rel: &str, content: &[u8]) -> Result<(), JobError> {
 }
 
 /// Sets the flag when dropped (on every way out of [`run`]).
-struct SetOnDrop(Arc<AtomicBool>);
+pub(crate) struct SetOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
@@ -514,7 +523,7 @@ const LOOK_EVERY: u16 = 200;
 /// Reads one of the job's output pipes into events. Once the job has reported, a
 /// pipe still held open (by a process left in the background) goes to the drainer
 /// and the thread ends.
-fn pump(pipe: OwnedFd, stream: Stream, tx: &mpsc::Sender<Event>, reported: &AtomicBool) {
+pub(crate) fn pump(pipe: OwnedFd, stream: Stream, tx: &mpsc::Sender<Event>, reported: &AtomicBool) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];

@@ -19,8 +19,10 @@ mod checkpoint;
 mod drain;
 mod egress;
 mod files;
+mod fsops;
 mod job;
 mod link;
+mod procs;
 mod reaper;
 mod rehearse;
 mod sys;
@@ -106,13 +108,15 @@ fn serve_until_work<T: std::io::Read + std::io::Write>(
 struct State {
     session: Option<job::Session>,
     checkpoint: Option<checkpoint::Checkpoint>,
+    /// Processes started by `Spawn` that are still running.
+    procs: procs::Procs,
 }
 
 /// Answers one request; `Err` only when the channel itself failed.
 fn serve_one(
     msg: HostMsg,
     state: &mut State,
-    link: &Link,
+    link: &Arc<Link>,
     net: &Arc<Forwarder>,
 ) -> Result<(), tvm_proto::CodecError> {
     let session = &mut state.session;
@@ -184,6 +188,21 @@ fn serve_one(
                 message: "rewind without a checkpoint".into(),
             },
         },
+        HostMsg::Spawn(spec) => match session.as_mut() {
+            Some(s) => match state.procs.spawn(&spec, s, link) {
+                Ok(pid) => GuestMsg::Spawned { pid },
+                Err(e) => GuestMsg::Failed {
+                    message: error_chain(&e),
+                },
+            },
+            None => GuestMsg::Failed {
+                message: "a process can be spawned only in a sandbox".into(),
+            },
+        },
+        HostMsg::Input { pid, data } => done_or_gone(pid, state.procs.input(pid, data)),
+        HostMsg::CloseStdin { pid } => done_or_gone(pid, state.procs.close_stdin(pid)),
+        HostMsg::Signal { pid, signal } => done_or_gone(pid, state.procs.signal(pid, signal)),
+        HostMsg::Fs(op) => fsops::serve(op),
         HostMsg::Warm(_) | HostMsg::Resume(_) => GuestMsg::Failed {
             message: "warm-up and resume come before any work".into(),
         },
@@ -209,6 +228,14 @@ fn serve_one(
         after.finish();
     }
     sent
+}
+
+fn done_or_gone(pid: u32, found: bool) -> GuestMsg {
+    if found {
+        GuestMsg::Done
+    } else {
+        GuestMsg::NoProcess { pid }
+    }
 }
 
 /// Boot, then serve requests until the host goes away (it normally destroys the

@@ -278,6 +278,80 @@ mod tests {
     }
 
     #[test]
+    fn process_and_fs_messages_round_trip() {
+        let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
+        let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
+        for msg in [
+            HostMsg::Spawn(Box::new(crate::Spawn {
+                argv: vec!["/bin/bash".into(), "-c".into(), "cat".into()],
+                env: [("A".to_string(), "b".to_string())].into(),
+                cwd: Some("/home/user".into()),
+                stdin: true,
+                timeout_ms: 0,
+                clock_unix_ns: 1,
+            })),
+            HostMsg::Input {
+                pid: 7,
+                data: vec![0, 10, 255],
+            },
+            HostMsg::CloseStdin { pid: 7 },
+            HostMsg::Signal { pid: 7, signal: 9 },
+            HostMsg::Fs(crate::FsOp::List {
+                path: "/tmp".into(),
+                depth: 2,
+            }),
+            HostMsg::Fs(crate::FsOp::Write {
+                path: "/tmp/a".into(),
+                content: vec![1, 2],
+            }),
+        ] {
+            let mut buf = BytesMut::new();
+            host.encode(msg.clone(), &mut buf).unwrap();
+            assert_eq!(guest.decode(&mut buf).unwrap(), Some(msg));
+        }
+        for msg in [
+            GuestMsg::Spawned { pid: 7 },
+            GuestMsg::Proc {
+                pid: 7,
+                event: crate::ProcEvent::Output {
+                    stream: crate::Stream::Stderr,
+                    data: b"x".to_vec(),
+                },
+            },
+            GuestMsg::Proc {
+                pid: 7,
+                event: crate::ProcEvent::Exit {
+                    exit_code: None,
+                    signal: Some(9),
+                    outcome: crate::Outcome::Timeout,
+                },
+            },
+            GuestMsg::NoProcess { pid: 8 },
+            GuestMsg::Entries {
+                entries: vec![crate::FsEntry {
+                    name: "a".into(),
+                    path: "/tmp/a".into(),
+                    kind: crate::EntryKind::File,
+                    size: 2,
+                    mode: 0o100644,
+                    uid: 1000,
+                    gid: 1000,
+                    modified_unix_ns: 5,
+                    symlink_target: None,
+                }],
+            },
+            GuestMsg::FileError {
+                kind: crate::FileErrorKind::Exists,
+                message: "x".into(),
+            },
+        ] {
+            let mut buf = BytesMut::new();
+            guest.encode(msg.clone(), &mut buf).unwrap();
+            assert_eq!(host.decode(&mut buf).unwrap(), Some(msg));
+        }
+    }
+
+    #[test]
     fn partial_frame_waits_for_more() {
         let mut guest: FrameCodec<HostMsg, GuestMsg> = FrameCodec::new();
         let mut host: FrameCodec<GuestMsg, HostMsg> = FrameCodec::new();
@@ -297,7 +371,8 @@ mod tests {
             (&br#"{"v":1,"msg":{"type":"run"}}"#[..], 1),
             (br#"{"v":3,"msg":{"type":"run"}}"#, 3),
             (br#"{"v":4,"msg":{"type":"run"}}"#, 4),
-            (br#"{"v":6,"msg":{"type":"run"}}"#, 6),
+            (br#"{"v":5,"msg":{"type":"run"}}"#, 5),
+            (br#"{"v":7,"msg":{"type":"run"}}"#, 7),
         ] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());

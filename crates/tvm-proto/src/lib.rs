@@ -34,6 +34,13 @@
 //! and direction at most [`NET_WINDOW`] bytes are unacknowledged, so the receiving
 //! side reads the channel without ever blocking on one connection, and output
 //! frames are never stuck behind a slow download.
+//!
+//! Sandbox processes (version 6): [`HostMsg::Spawn`] starts a process that runs
+//! alongside later requests and is answered at once by [`GuestMsg::Spawned`]; its
+//! output and end come as [`GuestMsg::Proc`] frames, which like `Net` frames are not
+//! answers and may arrive at any time. [`HostMsg::Input`], [`HostMsg::CloseStdin`]
+//! and [`HostMsg::Signal`] address it by pid, and [`HostMsg::Fs`] works on absolute
+//! guest paths with the job user's permissions.
 
 mod codec;
 mod messages;
@@ -41,9 +48,9 @@ mod paths;
 
 pub use codec::{decode_payload, BlockingChannel, CodecError, FrameCodec, MAX_FRAME_BYTES};
 pub use messages::{
-    CollectSpec, DirEntry, EntryKind, Envelope, ExitReport, FileErrorKind, GuestMsg, HostMsg, Job,
-    JobFile, JobLimits, NetFrame, NetOp, Outcome, Resume, SessionSpec, Stream, WarmUp, EGRESS_PORT,
-    NET_CHUNK, NET_WINDOW, PROTOCOL_VERSION,
+    CollectSpec, DirEntry, EntryKind, Envelope, ExitReport, FileErrorKind, FsEntry, FsOp, GuestMsg,
+    HostMsg, Job, JobFile, JobLimits, NetFrame, NetOp, Outcome, ProcEvent, Resume, SessionSpec,
+    Spawn, Stream, WarmUp, EGRESS_PORT, MAX_FS_ENTRIES, NET_CHUNK, NET_WINDOW, PROTOCOL_VERSION,
 };
 pub use paths::{check_relative_path, PathError, MAX_PATH_BYTES};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire format; a frame with any other version is rejected.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What travels in every frame: the version and one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,112 @@ pub enum HostMsg {
     /// One frame of an egress connection (version 5). Not a request: never answered,
     /// and it may arrive at any time, interleaved with a request and its answer.
     Net(NetFrame),
+    /// Start a process in the sandbox that runs alongside later requests (version 6;
+    /// only after `Open`). Answered at once by `Spawned` (or `Failed`); its output and
+    /// its end then come as `Proc` frames.
+    Spawn(Box<Spawn>),
+    /// Bytes for a spawned process's stdin (it was spawned with `stdin`). Answered by
+    /// `Done`, or `NoProcess`.
+    Input {
+        pid: u32,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// Close a spawned process's stdin. Answered by `Done`, or `NoProcess`.
+    CloseStdin { pid: u32 },
+    /// Send a signal to a spawned process and its process group. Answered by `Done`,
+    /// or `NoProcess`.
+    Signal { pid: u32, signal: i32 },
+    /// A file-system operation on an absolute guest path, made with the job user's
+    /// permissions (version 6).
+    Fs(FsOp),
+}
+
+/// A process started by `Spawn`: it runs in the sandbox's cgroup as the job user,
+/// with the job's environment defaults, until it exits or is signalled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spawn {
+    /// Program and arguments, absolute program path.
+    pub argv: Vec<String>,
+    /// Set over the agent's defaults (and the sandbox's proxy variables).
+    pub env: BTreeMap<String, String>,
+    /// Absolute working directory; `None` is the work dir.
+    pub cwd: Option<String>,
+    /// Keep stdin open for `Input` (else it reads end-of-file at once).
+    pub stdin: bool,
+    /// Killed (with its process group) after this long; 0 is no deadline.
+    pub timeout_ms: u64,
+    /// Host wall clock, nanoseconds since the Unix epoch; the agent sets the guest clock.
+    pub clock_unix_ns: u64,
+}
+
+/// One file-system operation (`HostMsg::Fs`). Paths are absolute guest paths; the
+/// kernel checks each against the job user's permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FsOp {
+    /// Answered by `Entries` with one entry.
+    Stat { path: String },
+    /// The entries under a directory, `depth` levels deep (1: its children).
+    /// Answered by `Entries` (sorted by path; at most [`MAX_FS_ENTRIES`]).
+    List { path: String, depth: u32 },
+    /// Make a directory and its parents. Answered by `Entries` with the new directory,
+    /// or `FileError` (`exists`) if it was there already.
+    MakeDir { path: String },
+    /// Rename. Answered by `Entries` with the entry at its new path.
+    Move { from: String, to: String },
+    /// Remove a file, or a directory with everything in it. Answered by `Done`.
+    Remove { path: String },
+    /// Read a regular file, refusing one over `max_bytes`. Answered by `FileData`.
+    Read { path: String, max_bytes: u64 },
+    /// Write (create or truncate) a regular file, making its parents. Answered by
+    /// `Entries` with the file.
+    Write {
+        path: String,
+        #[serde(with = "b64")]
+        content: Vec<u8>,
+    },
+}
+
+/// Most entries one `FsOp::List` answers with.
+pub const MAX_FS_ENTRIES: usize = 10_000;
+
+/// What a spawned process did (`GuestMsg::Proc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProcEvent {
+    /// A chunk of its output.
+    Output {
+        stream: Stream,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// It ended (its output has all been sent); the last frame for this pid.
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        /// `timeout` when its deadline killed it, `memory_limit` after an OOM kill.
+        outcome: Outcome,
+    },
+}
+
+/// One entry of a file-system answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsEntry {
+    pub name: String,
+    /// Absolute, as asked (the requested path joined with names, not resolved).
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// The file mode bits (permissions and type) from `lstat`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Last modification, nanoseconds since the Unix epoch.
+    pub modified_unix_ns: u64,
+    pub symlink_target: Option<String>,
 }
 
 /// Loopback port on which the agent accepts a job's proxy connections when the job
@@ -166,6 +272,15 @@ pub enum GuestMsg {
         files: Vec<JobFile>,
         truncated: bool,
     },
+    /// A `Spawn` started its process (version 6).
+    Spawned { pid: u32 },
+    /// Output or the end of a spawned process. Not an answer: it may arrive at any
+    /// time, interleaved with a request and its answer.
+    Proc { pid: u32, event: ProcEvent },
+    /// The entries of an `Fs` operation.
+    Entries { entries: Vec<FsEntry> },
+    /// `Input`, `CloseStdin` or `Signal` named no running spawned process.
+    NoProcess { pid: u32 },
     /// A file operation was refused or failed; nothing was changed.
     FileError {
         kind: FileErrorKind,
@@ -204,6 +319,10 @@ pub enum FileErrorKind {
     WrongType,
     /// The file is larger than allowed, or the work dir is full.
     TooLarge,
+    /// The path exists already (`MakeDir`; version 6).
+    Exists,
+    /// The job user may not do this (version 6).
+    Denied,
     /// Any other failure.
     Io,
 }

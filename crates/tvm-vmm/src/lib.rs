@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use tvm_proto::{FrameCodec, GuestMsg, HostMsg};
 
-pub use link::{AgentLink, NetPort};
+pub use link::{AgentLink, NetPort, ProcSink};
 pub use snapshot::{Snapshot, WarmSpec};
 pub use tsc::host_tsc_khz;
 

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
-use tvm_proto::{CodecError, GuestMsg, HostMsg, NetFrame, NetOp};
+use tvm_proto::{CodecError, GuestMsg, HostMsg, NetFrame, NetOp, ProcEvent};
 
 use crate::AgentChannel;
 
@@ -46,11 +46,15 @@ impl std::fmt::Debug for NetPort {
     }
 }
 
+/// Where a VM's `Proc` frames (the output and end of processes a sandbox spawned)
+/// go: called from the reader's task with each frame, so it must not block.
+pub type ProcSink = Box<dyn FnMut(u32, ProcEvent) + Send>;
+
 /// The agent channel of one VM (see the module docs).
-#[derive(Debug)]
 pub struct AgentLink {
     framed: AgentChannel,
     net: Option<NetPort>,
+    procs: Option<ProcSink>,
     /// A frame for the guest that the sink has not taken yet.
     pending: Option<HostMsg>,
 }
@@ -60,8 +64,14 @@ impl AgentLink {
         Self {
             framed,
             net: None,
+            procs: None,
             pending: None,
         }
+    }
+
+    /// Gives the guest's `Proc` frames to `sink` from now on (replacing any sink).
+    pub fn attach_procs(&mut self, sink: ProcSink) {
+        self.procs = Some(sink);
     }
 
     /// Gives the guest's egress frames to `port` from now on (replacing any port).
@@ -107,6 +117,16 @@ impl AgentLink {
     }
 }
 
+impl std::fmt::Debug for AgentLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentLink")
+            .field("framed", &self.framed)
+            .field("net", &self.net)
+            .field("procs", &self.procs.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Stream for AgentLink {
     type Item = Result<GuestMsg, CodecError>;
 
@@ -127,6 +147,10 @@ impl Stream for AgentLink {
                             tracing::debug!(conn = frame.conn, "net frame without egress dropped");
                         }
                     }
+                },
+                Poll::Ready(Some(Ok(GuestMsg::Proc { pid, event }))) => match this.procs.as_mut() {
+                    Some(sink) => sink(pid, event),
+                    None => tracing::debug!(pid, "process frame without a sink dropped"),
                 },
                 other => return other,
             }
