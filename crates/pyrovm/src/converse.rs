@@ -171,6 +171,10 @@ pub(crate) fn kind(m: &GuestMsg) -> &'static str {
         GuestMsg::Collected { .. } => "collected",
         GuestMsg::FileError { .. } => "file_error",
         GuestMsg::Net(_) => "net",
+        GuestMsg::Spawned { .. } => "spawned",
+        GuestMsg::Proc { .. } => "proc",
+        GuestMsg::Entries { .. } => "entries",
+        GuestMsg::NoProcess { .. } => "no_process",
     }
 }
 

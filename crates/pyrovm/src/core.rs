@@ -489,10 +489,7 @@ impl Executor {
                 max_output_bytes: cmd.limits.max_output_bytes,
                 workdir_bytes,
             },
-            clock_unix_ns: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            clock_unix_ns: now_unix_ns(),
             entropy,
             egress: cmd.network.is_some(),
         }
@@ -659,6 +656,14 @@ pub(crate) struct JobContext {
     /// A sandbox outlives its client: when the live receiver goes away the job runs
     /// on (bounded by its timeout), its output dropped, instead of the VM being destroyed.
     pub detach_on_cancel: bool,
+}
+
+/// The host's wall clock for the guest: nanoseconds since the Unix epoch.
+pub(crate) fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

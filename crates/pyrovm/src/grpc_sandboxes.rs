@@ -79,6 +79,7 @@ pub fn create_request(r: pb::CreateSandboxRequest) -> CreateSandboxRequest {
         idle_timeout_s: r.idle_timeout_s,
         env: r.env.into_iter().collect(),
         network: r.network.map(crate::grpc::network_of),
+        metadata: r.metadata.into_iter().collect(),
     }
 }
 
@@ -101,6 +102,7 @@ pub fn to_pb_sandbox(s: &SandboxInfo) -> pb::Sandbox {
         execs: s.execs,
         backend: s.backend.clone(),
         vm_start_ms: s.vm_start_ms,
+        metadata: s.metadata.clone().into_iter().collect(),
     }
 }
 
@@ -124,6 +126,7 @@ pub fn sandbox_info(s: pb::Sandbox) -> Option<SandboxInfo> {
         execs: s.execs,
         backend: s.backend,
         vm_start_ms: s.vm_start_ms,
+        metadata: s.metadata.into_iter().collect(),
     })
 }
 
@@ -160,7 +163,11 @@ fn code_of(e: &SandboxError) -> (tonic::Code, Option<Duration>) {
                 (Code::InvalidArgument, None)
             }
             FileErrorKind::TooLarge => (Code::ResourceExhausted, None),
+            FileErrorKind::Exists => (Code::AlreadyExists, None),
+            FileErrorKind::Denied => (Code::PermissionDenied, None),
         },
+        SandboxError::NoProcess(_) => (Code::NotFound, None),
+        SandboxError::Invalid(_) => (Code::InvalidArgument, None),
         SandboxError::UploadTooLarge { .. } => (Code::ResourceExhausted, None),
         SandboxError::StartFailed(_) => (Code::Unavailable, Some(Duration::from_secs(1))),
         SandboxError::Internal => (Code::Internal, None),
@@ -391,6 +398,7 @@ mod tests {
             env_keys: vec!["A".into(), "B".into()],
             execs: 3,
             backend: "qemu-tcg".into(),
+            metadata: [("team".to_string(), "a".to_string())].into(),
             vm_start_ms: 420,
         }
     }
@@ -430,6 +438,7 @@ mod tests {
             idle_timeout_s: None,
             env: HashMap::new(),
             network: None,
+            metadata: HashMap::new(),
         };
         r.env.insert("K".into(), "v".into());
         let c = create_request(r);

@@ -1,10 +1,11 @@
-//! Holding a sandbox's VM, and serving its egress while nobody does.
+//! Holding a sandbox's VM, and serving its egress and its processes while nobody does.
 //!
 //! A request holds a sandbox's VM through a [`Held`] (one request at a time). A VM's
-//! egress connections move only while its agent channel is read (see
-//! `tvm_vmm::AgentLink`), so when a request of a sandbox with egress lets go, a pump
-//! task takes the VM over and reads the channel: a process the sandbox runs in the
-//! background keeps its downloads going between requests. The next holder takes the
+//! egress connections move, and its spawned processes' output arrives, only while
+//! its agent channel is read (see `tvm_vmm::AgentLink`), so when a request of a
+//! sandbox with egress or spawned processes lets go, a pump task takes the VM over
+//! and reads the channel: a process the sandbox runs in the background keeps its
+//! downloads going, and its output reaches its watchers, between requests. The next holder takes the
 //! VM back from the pump (no lock round-trip, no race with the pump starting), and
 //! the end of the sandbox stops the pump for good.
 
@@ -25,8 +26,8 @@ type Guard = OwnedMutexGuard<Option<Vm>>;
 /// Who has the VM between requests.
 #[derive(Debug)]
 pub(crate) struct Idle {
-    /// Only a sandbox with egress gets a pump.
-    egress: bool,
+    /// Only a sandbox with egress, or one that spawned a process, gets a pump.
+    pumped: std::sync::atomic::AtomicBool,
     state: Mutex<IdleState>,
 }
 
@@ -48,7 +49,7 @@ struct Pump {
 impl Idle {
     pub(crate) fn new(egress: bool) -> Arc<Self> {
         Arc::new(Self {
-            egress,
+            pumped: std::sync::atomic::AtomicBool::new(egress),
             state: Mutex::default(),
         })
     }
@@ -94,6 +95,13 @@ impl Idle {
         vm.clone().lock_owned().await
     }
 
+    /// From now on a pump reads the channel between requests (the sandbox spawned a
+    /// process, whose output and end come whenever they happen).
+    pub(crate) fn keep_reading(&self) {
+        self.pumped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Whether a pump holds the VM (so no request does).
     pub(crate) fn pumping(&self) -> bool {
         lock(&self.state).pump.is_some()
@@ -102,7 +110,11 @@ impl Idle {
     /// A request let go of the VM: to a waiting request, or to a new pump.
     fn release(&self, g: Guard) {
         let mut st = lock(&self.state);
-        if !self.egress || st.closed || st.waiting > 0 || g.is_none() {
+        if !self.pumped.load(std::sync::atomic::Ordering::Acquire)
+            || st.closed
+            || st.waiting > 0
+            || g.is_none()
+        {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {

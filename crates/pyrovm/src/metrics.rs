@@ -54,6 +54,7 @@ pub struct Metrics {
     sandboxes_active: Gauge,
     sandbox_ends: Family<ReasonLabel, Counter>,
     sandbox_execs: Counter,
+    sandbox_processes: Counter,
     compiles: Family<StatusLabel, Counter>,
     test_cases: Family<VerdictLabel, Counter>,
     queue_depth: Gauge,
@@ -106,6 +107,12 @@ impl Metrics {
             "sandboxes_active",
             "Sandboxes alive now",
             sandboxes_active.clone(),
+        );
+        let sandbox_processes = Counter::default();
+        registry.register(
+            "sandbox_processes_started",
+            "Processes spawned in sandboxes to run alongside their requests (E2B commands)",
+            sandbox_processes.clone(),
         );
         let sandbox_ends = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -261,6 +268,7 @@ impl Metrics {
             sandboxes_active,
             sandbox_ends,
             sandbox_execs,
+            sandbox_processes,
             compiles,
             test_cases,
             queue_depth,
@@ -317,6 +325,10 @@ impl Metrics {
     pub fn async_stored(&self, count: usize, bytes: u64) {
         self.async_stored.set(count as i64);
         self.async_stored_bytes.set(bytes as i64);
+    }
+
+    pub fn sandbox_process_started(&self) {
+        self.sandbox_processes.inc();
     }
 
     pub fn sandbox_started(&self) {

@@ -96,6 +96,10 @@ pub enum SandboxError {
     UploadTooLarge { got: u64, max: u64 },
     #[error("{0}")]
     StartFailed(String),
+    #[error("no running process {0} in this sandbox")]
+    NoProcess(u32),
+    #[error("{0}")]
+    Invalid(String),
     #[error("internal error; see the service log")]
     Internal,
 }
@@ -115,7 +119,8 @@ pub struct Sandbox {
     owner: Caller,
     created: SystemTime,
     created_mono: Instant,
-    ttl: Duration,
+    /// From creation; `set_ttl` moves it.
+    ttl: Mutex<Duration>,
     idle: Duration,
     limits: SandboxLimits,
     env: BTreeMap<String, String>,
@@ -123,12 +128,19 @@ pub struct Sandbox {
     execs: AtomicU64,
     vm_start_ms: u64,
     pid: Option<u32>,
-    ended: AtomicBool,
+    pub(crate) ended: AtomicBool,
     vm: Arc<tokio::sync::Mutex<Option<Vm>>>,
     /// What its egress has done so far (with `network` only).
     egress: Option<Arc<tvm_egress::Usage>>,
-    /// Who has the VM between requests (with egress: a pump serving it).
-    between: Arc<crate::hold::Idle>,
+    /// Who has the VM between requests (with egress or processes: a pump serving it).
+    pub(crate) between: Arc<crate::hold::Idle>,
+    /// Processes spawned in it that still run.
+    pub(crate) procs: Arc<crate::procs::ProcTable>,
+    /// Labels given at creation.
+    metadata: BTreeMap<String, String>,
+    /// A secret of this sandbox: whoever shows it acts as its owner on the E2B
+    /// envd door (the SDKs send it as `X-Access-Token`). Never shown on `/v1`.
+    access_token: String,
 }
 
 type VmGuard = crate::hold::Held;
@@ -156,16 +168,42 @@ impl Sandbox {
         SandboxInfo {
             id: self.id.clone(),
             created_at: rfc3339(self.created),
-            expires_at: rfc3339(self.created + self.ttl),
+            expires_at: rfc3339(self.created + self.ttl()),
             last_active_at: rfc3339(last),
-            ttl_s: self.ttl.as_secs(),
+            ttl_s: self.ttl().as_secs(),
             idle_timeout_s: self.idle.as_secs(),
             limits: self.limits,
             env_keys: self.env.keys().cloned().collect(),
             execs: self.execs.load(Ordering::Relaxed),
             backend: backend.to_string(),
             vm_start_ms: self.vm_start_ms,
+            metadata: self.metadata.clone(),
         }
+    }
+
+    fn ttl(&self) -> Duration {
+        *lock(&self.ttl)
+    }
+
+    pub(crate) fn ttl_cell(&self) -> &Mutex<Duration> {
+        &self.ttl
+    }
+
+    /// Time since creation.
+    pub(crate) fn age(&self) -> Duration {
+        self.created_mono.elapsed()
+    }
+
+    pub(crate) fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    pub(crate) fn owner(&self) -> &Caller {
+        &self.owner
+    }
+
+    pub(crate) fn access_token(&self) -> &str {
+        &self.access_token
     }
 }
 
@@ -241,6 +279,15 @@ impl Sandboxes {
         &self.settings
     }
 
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The live sandbox `id`, whoever owns it (for a check of its access token).
+    pub(crate) fn live(&self, id: &str) -> Option<Arc<Sandbox>> {
+        lock(&self.inner).live.get(id).cloned()
+    }
+
     /// Ends sandboxes at their TTL, idle timeout, or when their VMM died; runs until
     /// the registry is dropped or closed.
     pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -262,7 +309,7 @@ impl Sandboxes {
     fn sweep(&self) {
         let live: Vec<Arc<Sandbox>> = lock(&self.inner).live.values().cloned().collect();
         for sb in live {
-            if sb.created_mono.elapsed() >= sb.ttl {
+            if sb.created_mono.elapsed() >= sb.ttl() {
                 self.end(&sb, EndReason::Ttl);
             } else if sb.pid.is_some_and(|p| !process_alive(p)) {
                 self.end(&sb, EndReason::VmDied);
@@ -318,6 +365,8 @@ impl Sandboxes {
                 .attach_net(crate::egress::port(Arc::new(g.to_egress()), usage.clone()));
             usage
         });
+        let procs = crate::procs::ProcTable::new();
+        vm.channel.attach_procs(procs.sink());
         match tokio::time::timeout(FILE_OP_TIMEOUT, request(&mut vm, open)).await {
             Ok(Ok(GuestMsg::Done)) => {}
             other => {
@@ -338,7 +387,7 @@ impl Sandboxes {
             owner: caller.clone(),
             created: now,
             created_mono: Instant::now(),
-            ttl: Duration::from_secs(cmd.ttl_s),
+            ttl: Mutex::new(Duration::from_secs(cmd.ttl_s)),
             idle: Duration::from_secs(cmd.idle_timeout_s),
             limits: cmd.limits,
             env: cmd.env,
@@ -350,6 +399,9 @@ impl Sandboxes {
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
             between: crate::hold::Idle::new(egress.is_some()),
             egress,
+            procs,
+            metadata: cmd.metadata,
+            access_token: new_secret(),
         });
         let inserted = {
             let mut inner = lock(&self.inner);
@@ -396,7 +448,7 @@ impl Sandboxes {
     }
 
     /// The caller's live sandbox, or why there is none (another caller's is NotFound).
-    fn get(&self, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+    pub(crate) fn get(&self, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
         let inner = lock(&self.inner);
         if let Some(sb) = inner.live.get(id).filter(|s| &s.owner == caller) {
             return Ok(sb.clone());
@@ -469,6 +521,7 @@ impl Sandboxes {
             }
         }
         self.metrics.sandbox_ended(reason.label());
+        sb.procs.close();
         if let Some(pid) = sb.pid {
             // The VMM is our child and is not reaped before `destroy`, so the pid
             // cannot have been reused. A running exec sees its channel break.
@@ -509,7 +562,7 @@ impl Sandboxes {
     }
 
     /// Waits (bounded by `busy_timeout`) for the sandbox to be free, then holds it.
-    async fn hold_owned(&self, sb: &Sandbox) -> Result<VmGuard, SandboxError> {
+    pub(crate) async fn hold_owned(&self, sb: &Sandbox) -> Result<VmGuard, SandboxError> {
         let guard = sb
             .between
             .hold(&sb.vm, self.settings.busy_timeout)
@@ -525,7 +578,7 @@ impl Sandboxes {
         Ok(guard)
     }
 
-    fn ended_error(&self, sb: &Sandbox) -> SandboxError {
+    pub(crate) fn ended_error(&self, sb: &Sandbox) -> SandboxError {
         let inner = lock(&self.inner);
         match inner.ended.iter().rev().find(|t| t.id == sb.id) {
             Some(t) => SandboxError::Ended {
@@ -685,7 +738,7 @@ impl Sandboxes {
     }
 
     /// Sends a file request; a broken channel or a silent agent ends the sandbox.
-    async fn file_request(
+    pub(crate) async fn file_request(
         &self,
         sb: &Arc<Sandbox>,
         vm: &mut Vm,
@@ -712,7 +765,7 @@ impl Sandboxes {
     }
 
     /// One file operation on the caller's sandbox, with its own hold.
-    async fn file_op(
+    pub(crate) async fn file_op(
         self: &Arc<Self>,
         caller: &Caller,
         id: &str,
@@ -845,7 +898,7 @@ fn unexpected(sb: &Sandbox, m: &GuestMsg) -> SandboxError {
     unexpected_msg(m)
 }
 
-fn unexpected_msg(m: &GuestMsg) -> SandboxError {
+pub(crate) fn unexpected_msg(m: &GuestMsg) -> SandboxError {
     SandboxError::StartFailed(format!("the guest agent answered {} unexpectedly", kind(m)))
 }
 
@@ -853,6 +906,14 @@ fn unexpected_msg(m: &GuestMsg) -> SandboxError {
 /// enough that ownership, not secrecy, is what protects it).
 fn new_id() -> String {
     format!("sb-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// 256 random bits, hex.
+fn new_secret() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether a (child) process is still running: gone or a zombie means dead.

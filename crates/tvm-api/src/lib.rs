@@ -23,9 +23,9 @@ pub use network::{
     MAX_ALLOW_ENTRIES,
 };
 pub use sandbox::{
-    parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry, FileListing,
-    FileWritten, SandboxBounds, SandboxCommand, SandboxInfo, SandboxLimits, SandboxLimitsRequest,
-    SandboxList,
+    check_metadata, parse_create_sandbox, validate_sandbox, CreateSandboxRequest, FileEntry,
+    FileListing, FileWritten, SandboxBounds, SandboxCommand, SandboxInfo, SandboxLimits,
+    SandboxLimitsRequest, SandboxList,
 };
 pub use types::{
     ApiError, CaseLimits, CaseResult, ErrorBody, ExecuteRequest, ExecuteResponse, ExecutionStatus,
@@ -33,7 +33,7 @@ pub use types::{
     TestCase, Timings, Utf8Chunker, Verdict,
 };
 pub use validate::{
-    check_glob, parse_execute, validate, validate_in_sandbox, Bound, ExecuteCommand, LimitBounds,
-    Limits, ValidationError,
+    check_env, check_glob, parse_execute, validate, validate_in_sandbox, Bound, ExecuteCommand,
+    LimitBounds, Limits, ValidationError,
 };
 pub use verdict::{judge, normalise_output, output_matches, overall};

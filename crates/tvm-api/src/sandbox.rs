@@ -26,6 +26,10 @@ pub struct CreateSandboxRequest {
     /// limits count over the sandbox's whole life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetworkRequest>,
+    /// Free-form labels kept with the sandbox and shown when it is listed (at most
+    /// 64; keys 1–128 bytes, values up to 1024 bytes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Limits of the whole sandbox: every exec in it shares them.
@@ -91,6 +95,7 @@ pub struct SandboxCommand {
     pub idle_timeout_s: u64,
     pub env: BTreeMap<String, String>,
     pub network: Option<crate::network::NetworkGrant>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What the API says about one live sandbox.
@@ -113,6 +118,9 @@ pub struct SandboxInfo {
     pub backend: String,
     /// Milliseconds from the request to a ready VM (creation only; 0 afterwards).
     pub vm_start_ms: u64,
+    /// The labels given at creation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// `GET /v1/sandboxes`
@@ -182,13 +190,42 @@ pub fn validate_sandbox(
         crate::validate::bounded("idle_timeout_s", req.idle_timeout_s, bounds.idle_timeout_s)?;
     crate::validate::check_env(&req.env, limits)?;
     let network = crate::network::validate_network(req.network.as_ref(), &limits.egress)?;
+    check_metadata(&req.metadata)?;
     Ok(SandboxCommand {
         limits: resolved,
         ttl_s,
         idle_timeout_s,
         env: req.env,
         network,
+        metadata: req.metadata,
     })
+}
+
+/// Labels at most.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+
+/// Checks a sandbox's labels: how many, and the size of each key and value.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(ValidationError::Metadata(format!(
+            "metadata has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+            metadata.len()
+        )));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.len() > 128 {
+            return Err(ValidationError::Metadata(format!(
+                "metadata key {k:?} must be 1 to 128 bytes"
+            )));
+        }
+        if v.len() > 1024 {
+            return Err(ValidationError::Metadata(format!(
+                "metadata value of {k:?} is {} bytes; at most 1024 are allowed",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -240,5 +277,12 @@ mod tests {
         assert_eq!(err(r#"{"limits":{"timeout_ms":5}}"#).code(), "invalid_json");
         assert_eq!(err(r#"{"env":{"1A":"x"}}"#).code(), "invalid_argument");
         assert_eq!(err("[1]").code(), "invalid_json");
+        assert_eq!(err(r#"{"metadata":{"":"x"}}"#).code(), "invalid_argument");
+        let long = "v".repeat(1025);
+        assert_eq!(
+            err(&format!(r#"{{"metadata":{{"k":"{long}"}}}}"#)).code(),
+            "invalid_argument"
+        );
+        assert_eq!(ok(r#"{"metadata":{"team":"a"}}"#).metadata["team"], "a");
     }
 }

@@ -214,6 +214,9 @@ pub enum ValidationError {
     SandboxLimit(&'static str),
     #[error("{0}")]
     Conflict(&'static str),
+    /// A sandbox's `metadata` breaks a bound.
+    #[error("{0}")]
+    Metadata(String),
     /// The request's `network` is malformed or outside what the server allows.
     #[error("{0}")]
     Network(String),
@@ -237,7 +240,7 @@ impl ValidationError {
             Self::TooLarge { .. } | Self::TooMany { .. } => "input_too_large",
             Self::InvalidBase64 { .. } => "invalid_base64",
             Self::InvalidPath { .. } | Self::InvalidGlob { .. } => "invalid_path",
-            Self::SandboxLimit(_) | Self::Conflict(_) => "invalid_argument",
+            Self::SandboxLimit(_) | Self::Conflict(_) | Self::Metadata(_) => "invalid_argument",
             Self::InvalidEnvName(_) | Self::NulByte(_) => "invalid_argument",
             Self::BatchSize { .. } => "batch_size",
             Self::Network(_) => "network_not_allowed",
@@ -276,7 +279,7 @@ fn env_name_ok(name: &str) -> bool {
 }
 
 /// Environment variables: a bounded count, valid names, bounded values, no NUL.
-pub(crate) fn check_env(
+pub fn check_env(
     env: &BTreeMap<String, String>,
     bounds: &LimitBounds,
 ) -> Result<(), ValidationError> {

@@ -392,6 +392,9 @@ fn rootfs(
             uid = tvm_proto_uid()
         ))
         .arg("--customize-hook=mkdir -p \"$1/work\" && chmod 0755 \"$1/work\"")
+        // E2B code expects its files under /home/user (its home and default cwd):
+        // the same place as the work dir.
+        .arg("--customize-hook=mkdir -p \"$1/home\" && ln -s /work \"$1/home/user\"")
         .args(table.iter().filter_map(|l| l.setup.as_ref()).map(|script| {
             format!(
                 "--customize-hook=chroot \"$1\" /bin/sh -euc {}",

@@ -8,7 +8,8 @@ pub const KERNEL_FRAGMENT: &str = include_str!("../../../guest/kernel/tvm.config
 
 /// Bump when the build steps themselves change in a way that alters outputs.
 const KERNEL_RECIPE_VERSION: &str = "kernel-v1";
-const ROOTFS_RECIPE_VERSION: &str = "rootfs-v2";
+/// v3: `/home/user` is a symlink to the work dir (the E2B SDKs' home and default cwd).
+const ROOTFS_RECIPE_VERSION: &str = "rootfs-v3";
 
 /// Debian suite the rootfs is built from.
 pub const SUITE: &str = "bookworm";

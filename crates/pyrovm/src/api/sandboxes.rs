@@ -51,7 +51,11 @@ pub(crate) fn status_of(e: &SandboxError) -> (StatusCode, &'static str, Option<u
             FileErrorKind::WrongType => (StatusCode::BAD_REQUEST, "wrong_file_type", None),
             FileErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", None),
             FileErrorKind::Io => (StatusCode::BAD_REQUEST, "file_error", None),
+            FileErrorKind::Exists => (StatusCode::CONFLICT, "file_exists", None),
+            FileErrorKind::Denied => (StatusCode::FORBIDDEN, "permission_denied", None),
         },
+        SandboxError::NoProcess(_) => (StatusCode::NOT_FOUND, "no_such_process", None),
+        SandboxError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument", None),
         SandboxError::UploadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", None)
         }

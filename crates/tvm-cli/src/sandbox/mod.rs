@@ -202,6 +202,7 @@ fn create(server: &str, a: CreateArgs) -> anyhow::Result<ExitCode> {
         idle_timeout_s: a.idle_timeout,
         env: a.env.into_iter().collect(),
         network: crate::network(&a.allow),
+        metadata: Default::default(),
     };
     let body = Body::Json(serde_json::to_value(&req)?);
     let bytes = match client::call(server, Method::POST, "/v1/sandboxes", body)? {
