@@ -29,12 +29,14 @@ test: image lint sdk-deps
 	SOAK_N=100 PYROVM_BIN=target/debug/pyrovm TVM_IMAGE_DIR=$(CACHE)/current python3 scripts/soak.py
 	$(MAKE) --no-print-directory check-leftovers
 
-# The SDKs (Python, TypeScript) and the MCP server, each in a throwaway environment,
-# against a real pyrovm (the release build) with real VMs.
+# The SDKs (Python, TypeScript), the MCP server and the E2B door (the official `e2b`
+# Python SDK), each in a throwaway environment, against a real pyrovm (the release
+# build) with real VMs.
 sdk-test:
 	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_IMAGE_DIR=$(CACHE)/current TVM_REQUIRE_VM=1 sdk/python/run-tests.sh
 	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_IMAGE_DIR=$(CACHE)/current TVM_REQUIRE_VM=1 sdk/typescript/run-tests.sh
 	PYROVM_BIN=$(CURDIR)/target/release/pyrovm TVM_BIN=$(CURDIR)/target/release/tvm TVM_IMAGE_DIR=$(CACHE)/current scripts/mcp-test.sh
+	PYROVM_BIN=$(CURDIR)/target/release/pyrovm PYROSHELL_BIN=$(CURDIR)/target/release/pyroshell TVM_IMAGE_DIR=$(CACHE)/current scripts/e2b-test.sh
 
 # Node and npm (TypeScript SDK) and Python's venv (Python SDK, MCP client) when missing.
 sdk-deps:

@@ -18,8 +18,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod piston;
 pub mod pool;
+pub mod procs;
 pub mod queue;
 pub mod sandbox;
+mod sandbox_procs;
 pub mod server;
 pub mod stages;
 

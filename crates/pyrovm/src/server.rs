@@ -143,6 +143,7 @@ pub fn router(
         .route("/v1/languages", get(languages))
         .merge(crate::api::sandboxes::routes())
         .merge(crate::api::executions::routes())
+        .merge(crate::api::e2b::routes())
         .route("/api/v2/runtimes", get(crate::piston::runtimes))
         .route("/api/v2/execute", post(crate::piston::execute))
         .route("/healthz", get(healthz))

@@ -169,7 +169,27 @@ impl Caller {
     }
 }
 
-/// `Authorization: Bearer <token>` on every route but the probes, when tokens are set.
+/// Where E2B's in-sandbox daemon (envd) is served: those requests carry the
+/// sandbox's own access token (`X-Access-Token`), which the door checks itself.
+pub const E2B_ENVD_PREFIX: &str = "/e2b/envd/";
+/// Where E2B's control plane is served: its SDKs send the token as `X-API-Key`.
+pub const E2B_PREFIX: &str = "/e2b/";
+
+/// The E2B control plane's error body (`{"code": <status>, "message": ...}`): its
+/// SDKs read `code` from every error.
+fn e2b_unauthorized(message: &'static str) -> Response {
+    // `message` is one of our fixed sentences: nothing in it needs escaping.
+    let body = format!(r#"{{"code":401,"message":"{message}"}}"#);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// `Authorization: Bearer <token>` on every route but the probes, when tokens are set
+/// (`X-API-Key: <token>` on the E2B control plane; E2B's envd is checked by its door).
 pub async fn require_token(
     State(tokens): State<Arc<Tokens>>,
     mut req: Request,
@@ -179,21 +199,33 @@ pub async fn require_token(
         req.extensions_mut().insert(Caller::anonymous());
         return next.run(req).await;
     }
-    if is_public(req.uri().path()) {
+    let path = req.uri().path();
+    if is_public(path) || path.starts_with(E2B_ENVD_PREFIX) {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let e2b = path.starts_with(E2B_PREFIX);
+    let presented = {
+        let header_str = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let bearer = header_str(header::AUTHORIZATION.as_str())
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+        bearer
+            .or_else(|| if e2b { header_str("x-api-key") } else { None })
+            .map(|t| t.trim().to_string())
+    };
+    let presented = presented.as_deref();
     match presented {
         Some(t) if tokens.accepts(t.as_bytes()) => {
             let caller = Caller::from_token(t.as_bytes());
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
+        Some(_) if e2b => e2b_unauthorized("the API key is not valid"),
+        None if e2b => e2b_unauthorized("an X-API-Key header with a TVM token is required"),
         Some(_) => unauthorized(&req, "the bearer token is not valid"),
         None => unauthorized(&req, "an Authorization: Bearer token is required"),
     }
