@@ -60,7 +60,7 @@ def raises(fn, kind, needle, what):
     e = out.get("error")
     check(
         isinstance(e, kind) and needle in str(e),
-        f"{what} raises {kind.__name__} mentioning {needle!r} (got {type(e).__name__}: {e})",
+        f"{what} raises {kind.__name__} mentioning {needle!r} (got {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
     )
     return e
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# TVM's E2B door, exercised by the official E2B Python SDK (`pip install e2b`) in a
-# throwaway venv: against a real pyrovm (real VMs) at /e2b and /e2b/envd, then
-# through pyroshell (the front door, forward mode) to that pyrovm. PYROVM_BIN and
+# TVM's E2B door, exercised by the official E2B SDKs in throwaway environments: the
+# Python SDK (`pip install e2b`) against a real pyrovm (real VMs) at /e2b and
+# /e2b/envd and then through pyroshell (the front door, forward mode) to it, and the
+# JavaScript SDK (`npm install e2b`) against the same pyrovm. PYROVM_BIN and
 # PYROSHELL_BIN default to the release builds; TVM_IMAGE_DIR to ~/.cache/tvm/current.
-# E2B_SDK_VERSION pins the SDK (default: the newest 2.x).
+# E2B_SDK_VERSION / E2B_JS_SDK_VERSION pin the SDKs (default: the newest 2.x).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +12,7 @@ PYROVM_BIN="${PYROVM_BIN:-$ROOT/target/release/pyrovm}"
 PYROSHELL_BIN="${PYROSHELL_BIN:-$ROOT/target/release/pyroshell}"
 IMAGE="${TVM_IMAGE_DIR:-$HOME/.cache/tvm/current}"
 SDK="${E2B_SDK_VERSION:-e2b>=2,<3}"
+JS_SDK="${E2B_JS_SDK_VERSION:-e2b@2}"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/e2b-test.XXXXXX")"
 PID=""
 GW=""
@@ -24,6 +26,12 @@ echo "==> venv with the E2B Python SDK in $TMP"
 python3 -m venv "$TMP/venv"
 "$TMP/venv/bin/pip" install --quiet --disable-pip-version-check "$SDK"
 "$TMP/venv/bin/pip" list --disable-pip-version-check 2>/dev/null | grep -E '^e2b '
+
+echo "==> the E2B JavaScript SDK in $TMP/js"
+mkdir -p "$TMP/js"
+(cd "$TMP/js" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund "$JS_SDK" >/dev/null)
+node -e 'console.log("e2b (npm) " + require(process.argv[1] + "/node_modules/e2b/package.json").version)' "$TMP/js"
+cp "$ROOT/scripts/e2b-check.mjs" "$TMP/js/"
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_healthy() {
@@ -55,6 +63,12 @@ PID=$!
 wait_healthy "$PORT"
 echo "==> the E2B SDK against pyrovm"
 if ! "$TMP/venv/bin/python" "$ROOT/scripts/e2b-check.py" "http://127.0.0.1:$PORT" "$TOKEN" "$OTHER"; then
+  tail -n 40 "$TMP/pyrovm.log" >&2
+  exit 1
+fi
+
+echo "==> the E2B JavaScript SDK against pyrovm"
+if ! node "$TMP/js/e2b-check.mjs" "http://127.0.0.1:$PORT" "$TOKEN"; then
   tail -n 40 "$TMP/pyrovm.log" >&2
   exit 1
 fi

@@ -298,8 +298,9 @@ fn create_request(n: NewSandbox, st: &AppState) -> Result<(CreateSandboxRequest,
             ..SandboxLimitsRequest::default()
         },
         ttl_s: ttl,
-        // E2B has no idle timeout: a sandbox lives until its timeout.
-        idle_timeout_s: Some(ttl.unwrap_or(st.sandboxes.settings().bounds.ttl_s.default)),
+        // E2B has no idle timeout: a sandbox lives until its timeout, which
+        // `set_timeout` may move later, so idleness gets the longest allowed.
+        idle_timeout_s: Some(st.sandboxes.settings().bounds.idle_timeout_s.max),
         env: n.env_vars.unwrap_or_default(),
         network: (!allow.is_empty()).then(|| tvm_api::NetworkRequest {
             allow,

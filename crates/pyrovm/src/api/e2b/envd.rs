@@ -344,10 +344,11 @@ fn end_event(
         (None, Some(s)) => (-1, false, format!("signal: {}", signal_name(s))),
         (None, None) => (-1, false, "unknown".to_string()),
     };
+    // As envd fills it from Go's `cmd.Wait()`: the state, unless it exited 0.
     let mut error = match outcome {
-        Outcome::MemoryLimit => Some("killed: the sandbox's memory limit was reached".to_string()),
-        Outcome::OutputLimit => Some("killed: output limit".to_string()),
-        _ => None,
+        Outcome::MemoryLimit => Some(format!("{status} (the sandbox's memory limit was reached)")),
+        Outcome::OutputLimit => Some(format!("{status} (output limit)")),
+        _ => (code != 0 || !exited).then(|| status.clone()),
     };
     if dropped_bytes > 0 {
         let note =
@@ -607,7 +608,8 @@ mod tests {
             (e.exit_code, e.exited, e.status.as_str()),
             (3, true, "exit status 3")
         );
-        assert!(e.error.is_none());
+        assert_eq!(e.error.as_deref(), Some("exit status 3"));
+        assert_eq!(end_event(Some(0), None, Outcome::Completed, 0).error, None);
         let e = end_event(None, Some(9), Outcome::Completed, 0);
         assert_eq!(
             (e.exit_code, e.exited, e.status.as_str()),
