@@ -20,6 +20,7 @@ pub mod piston;
 pub mod pool;
 pub mod procs;
 pub mod queue;
+pub mod readiness;
 pub mod sandbox;
 mod sandbox_procs;
 pub mod server;
@@ -186,6 +187,7 @@ impl Service {
                 ..config.limits.clone()
             },
             ready: AtomicBool::new(true),
+            warm: AtomicBool::new(false),
             sandboxes,
             forwarder: forwarder.clone(),
         });

@@ -30,6 +30,30 @@ struct ClassState {
     booting: usize,
     target: usize,
     snapshot: Option<Arc<Snapshot>>,
+    template: Template,
+}
+
+/// Where a class's snapshot template stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Template {
+    /// Snapshots are off: the class boots its VMs.
+    #[default]
+    None,
+    /// Being made (the class cold-boots meanwhile).
+    Making,
+    /// Frozen: the class starts its VMs as clones.
+    Ready,
+    /// Could not be made: the class cold-boots.
+    Failed,
+}
+
+/// How warm one class is (what readiness waits for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warmth {
+    pub template: Template,
+    /// VMs waiting in the pool, and how many the class keeps.
+    pub ready: usize,
+    pub target: usize,
 }
 
 #[derive(Debug)]
@@ -115,6 +139,9 @@ impl Pool {
     /// On failure the class keeps cold-booting, and says why.
     fn make_snapshot(self: &Arc<Self>, spec: VmSpec, warm: WarmSpec) {
         self.making.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = self.lock().get_mut(&spec) {
+            c.template = Template::Making;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
             let made = match pool.boots.clone().acquire_owned().await {
@@ -137,18 +164,24 @@ impl Pool {
                         if !pool.closed.load(Ordering::Acquire) {
                             if let Some(c) = classes.get_mut(&spec) {
                                 c.snapshot = Some(Arc::new(snap));
+                                c.template = Template::Ready;
                             }
                         }
                         classes.values().filter(|c| c.snapshot.is_some()).count()
                     };
                     pool.metrics.snapshots_ready(n);
                 }
-                Some(Err(e)) => tracing::warn!(
-                    vcpus = spec.vcpus,
-                    memory_mb = spec.memory_mb,
-                    error = %crate::core::error_chain(&e),
-                    "snapshot failed; this class cold-boots its VMs"
-                ),
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        vcpus = spec.vcpus,
+                        memory_mb = spec.memory_mb,
+                        error = %crate::core::error_chain(&e),
+                        "snapshot failed; this class cold-boots its VMs"
+                    );
+                    if let Some(c) = pool.lock().get_mut(&spec) {
+                        c.template = Template::Failed;
+                    }
+                }
                 None => {}
             }
             pool.making.fetch_sub(1, Ordering::AcqRel);
@@ -289,6 +322,15 @@ impl Pool {
     /// Whether this class has a snapshot to clone from (for tests and readiness).
     pub fn has_snapshot(&self, spec: &VmSpec) -> bool {
         self.lock().get(spec).is_some_and(|c| c.snapshot.is_some())
+    }
+
+    /// How warm a class is; `None` for a class the pool does not keep.
+    pub fn warmth(&self, spec: &VmSpec) -> Option<Warmth> {
+        self.lock().get(spec).map(|c| Warmth {
+            template: c.template,
+            ready: c.ready.len(),
+            target: c.target,
+        })
     }
 
     /// Ready VMs per class (for tests and metrics).

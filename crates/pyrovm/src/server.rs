@@ -38,6 +38,8 @@ pub struct AppState {
     pub versions: std::collections::BTreeMap<String, String>,
     pub bounds: LimitBounds,
     pub ready: AtomicBool,
+    /// `/readyz` has found the default class warm once (see [`crate::readiness`]).
+    pub warm: AtomicBool,
     pub sandboxes: Arc<crate::sandbox::Sandboxes>,
     /// In a cluster: reaches the other pyrovms (sandbox forwarding, fleet listing).
     pub forwarder: Option<Arc<crate::cluster::Forwarder>>,
@@ -381,14 +383,27 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: 503 while shutting down.
+/// Readiness: 200 once the default class serves from its warm path (template frozen,
+/// pool filled), 503 saying what it waits for before that and during shutdown.
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses((status = 200, content_type = "text/plain", body = String), (status = 503, body = ErrorBody)))]
-pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Failure> {
-    if st.ready.load(Ordering::Acquire) {
-        Ok("ready\n")
-    } else {
-        Err(Failure::NotReady)
+pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let shutting_down = !st.ready.load(Ordering::Acquire);
+    if !shutting_down && st.warm.load(Ordering::Acquire) {
+        return "ready\n".into_response();
+    }
+    let (vcpus, memory_mb) = (st.bounds.vcpus.default as u32, st.bounds.memory_mb.default);
+    let spec = st.executor.spec_for(vcpus, memory_mb);
+    let warmth = st.executor.pool().and_then(|p| p.warmth(&spec));
+    let class = format!("{vcpus} vCPU, {memory_mb} MiB");
+    match crate::readiness::decide(shutting_down, warmth, &class) {
+        crate::readiness::Readiness::Ready => {
+            st.warm.store(true, Ordering::Release);
+            "ready\n".into_response()
+        }
+        crate::readiness::Readiness::Waiting(why) => {
+            tvm_http::error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why, Some(1))
+        }
     }
 }
 

@@ -134,3 +134,48 @@ async fn a_pool_of_clones_serves_hits_and_refills() {
     assert_eq!(srv.metric("tvm_vm_boots_total").await, 0.0);
     srv.stop().await;
 }
+
+/// Ready means fast: `/readyz` is 503, saying what it waits for, while the default
+/// class's template is made and its pool fills; the first request after the 200 is
+/// a pool hit that starts at once.
+#[tokio::test]
+async fn readyz_waits_for_the_warm_path_and_the_next_request_is_warm() {
+    let Some(srv) = TestServer::start(|c| clones(c, 1)).await else {
+        return;
+    };
+    let (status, body) = srv.get("/readyz").await;
+    assert_eq!(status, 503, "ready before the template was made: {body}");
+    assert!(body.contains("snapshot template"), "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut waited_for_pool = false;
+    loop {
+        let (status, body) = srv.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        waited_for_pool |= body.contains("warm pool");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within 180 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("readyz turned 200; it waited for the pool too: {waited_for_pool}");
+    assert_eq!(srv.metric("tvm_snapshots_ready").await, 1.0);
+    let hits = srv.metric("tvm_pool_takes_total{result=\"hit\"}").await;
+    let (status, v) = srv
+        .execute(json!({"language": "python", "code": "print(1)"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "1\n", "{v}");
+    assert_eq!(
+        srv.metric("tvm_pool_takes_total{result=\"hit\"}").await,
+        hits + 1.0,
+        "the first request after ready was not a pool hit: {v}"
+    );
+    let vm_start = v["timings_ms"]["vm_start"].as_u64().unwrap_or(u64::MAX);
+    assert!(vm_start < 100, "vm_start {vm_start} ms on a pool hit: {v}");
+    // Ready stays ready while the pool refills behind the burst.
+    assert_eq!(srv.get("/readyz").await.0, 200);
+}
