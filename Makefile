@@ -17,10 +17,10 @@ PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libel
 OCI_OUT ?= target/oci
 OCI_FLAGS := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER) --jailer $(JAILER))
 
-# The front door: pyroshell in embedded mode (pyrovm in-process) on Linux.
-run: guest-image build
-	@echo "==> pyroshell (embedded) on http://$(LISTEN)  (try: curl -s $(LISTEN)/v1/execute -H 'content-type: application/json' -d '{\"language\":\"python\",\"code\":\"print(6*7)\"}')"
-	TVM_IMAGE_DIR=$(CACHE)/current ./target/release/pyroshell --mode embedded --listen $(LISTEN)
+# The front door: pyroshell in embedded mode (pyrovm in-process) on Linux. Each step is
+# shown with its time as it goes, then a timing table once /readyz says it is warm.
+run:
+	@LISTEN=$(LISTEN) CACHE=$(CACHE) SUDO=$(SUDO) MAKE="$(MAKE)" scripts/run.sh
 
 test: image lint sdk-deps
 	TVM_REQUIRE_VM=1 TVM_REQUIRE_OCI=1 TVM_IMAGE_DIR=$(CACHE)/current cargo test --workspace --all-targets --no-fail-fast -- --nocapture
