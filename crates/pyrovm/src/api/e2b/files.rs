@@ -13,14 +13,17 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tvm_proto::{EntryKind, FsEntry, FsOp, GuestMsg, JOB_UID};
 
-use super::connect::{self, Code, Codec, ConnectError};
-use super::envd::{check_user, guest_path, sandbox_error, target, Target};
+use super::access::{
+    check_user, guest_path, respond as reply, sandbox_error, target, unary, Target,
+};
+use super::connect::{Code, Codec, ConnectError};
 use super::pb::filesystem as fp;
 use crate::server::AppState;
 
-pub(crate) fn rpc_routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     let unsupported = || post(no_watch);
     Router::new()
+        .route("/e2b/envd/files", axum::routing::get(read).post(write))
         .route("/e2b/envd/filesystem.Filesystem/Stat", post(stat))
         .route("/e2b/envd/filesystem.Filesystem/ListDir", post(list_dir))
         .route("/e2b/envd/filesystem.Filesystem/MakeDir", post(make_dir))
@@ -135,7 +138,7 @@ fn one(mut v: Vec<fp::EntryInfo>) -> Result<fp::EntryInfo, ConnectError> {
         .ok_or_else(|| ConnectError::new(Code::Internal, "the guest agent returned no entry"))
 }
 
-/// Decodes a unary call and finds its sandbox and user.
+/// A unary filesystem call: decoded, its sandbox found, and its user checked.
 fn call<M>(
     st: &AppState,
     headers: &HeaderMap,
@@ -144,19 +147,9 @@ fn call<M>(
 where
     M: prost::Message + Default + serde::de::DeserializeOwned,
 {
-    let codec = Codec::for_unary(headers)
-        .map_err(|e| ConnectError::new(Code::InvalidArgument, e.to_string()))?;
-    let msg = connect::decode_unary(codec, body)?;
-    let t = target(st, headers)?;
+    let r = unary(st, headers, body)?;
     check_user(headers, None)?;
-    Ok((codec, msg, t))
-}
-
-fn reply<M: prost::Message + Serialize>(r: Result<(Codec, M), ConnectError>) -> Response {
-    match r {
-        Ok((codec, m)) => connect::unary_response(codec, &m),
-        Err(e) => e.into_response(),
-    }
+    Ok(r)
 }
 
 async fn stat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
