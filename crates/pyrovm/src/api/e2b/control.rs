@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -222,6 +222,17 @@ fn template_of(info: &SandboxInfo) -> String {
         .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string())
 }
 
+fn sandbox_out(info: &SandboxInfo, envd_access_token: String) -> SandboxOut {
+    SandboxOut {
+        sandbox_id: info.id.clone(),
+        template_id: template_of(info),
+        client_id: "tvm",
+        envd_version: ENVD_VERSION,
+        envd_access_token,
+        domain: None,
+    }
+}
+
 fn detail_of(info: &SandboxInfo, token: Option<String>) -> DetailOut {
     let mut metadata = info.metadata.clone();
     metadata.remove(TEMPLATE_KEY);
@@ -242,7 +253,7 @@ fn detail_of(info: &SandboxInfo, token: Option<String>) -> DetailOut {
 }
 
 /// Checks an E2B create body and turns it into TVM's create request; pure.
-fn create_request(n: NewSandbox, st: &AppState) -> Result<(CreateSandboxRequest, String)> {
+fn create_request(n: NewSandbox, st: &AppState) -> Result<CreateSandboxRequest> {
     let bad = |m: String| E2bError::new(StatusCode::BAD_REQUEST, m);
     if let Some(k) = n.rest.iter().find(|(_, v)| !v.is_null()).map(|(k, _)| k) {
         return Err(bad(format!(
@@ -290,7 +301,7 @@ fn create_request(n: NewSandbox, st: &AppState) -> Result<(CreateSandboxRequest,
     if metadata.contains_key(TEMPLATE_KEY) {
         return Err(bad(format!("metadata key {TEMPLATE_KEY:?} is reserved")));
     }
-    metadata.insert(TEMPLATE_KEY.to_string(), template.clone());
+    metadata.insert(TEMPLATE_KEY.to_string(), template);
     let ttl = n.timeout;
     let req = CreateSandboxRequest {
         limits: SandboxLimitsRequest {
@@ -308,7 +319,7 @@ fn create_request(n: NewSandbox, st: &AppState) -> Result<(CreateSandboxRequest,
         }),
         metadata,
     };
-    Ok((req, template))
+    Ok(req)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
@@ -335,20 +346,12 @@ async fn create(
             "the service is not ready yet",
         ));
     }
-    let (req, template) = create_request(parse_json(&body)?, &st)?;
+    let req = create_request(parse_json(&body)?, &st)?;
     let cmd = tvm_api::validate_sandbox(req, &st.bounds, &st.sandboxes.settings().bounds)
         .map_err(|e| E2bError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let info = st.sandboxes.create(&st.executor, &who, cmd).await?;
     let token = st.sandboxes.access_token(&who, &info.id)?;
-    let out = SandboxOut {
-        sandbox_id: info.id,
-        template_id: template,
-        client_id: "tvm",
-        envd_version: ENVD_VERSION,
-        envd_access_token: token,
-        domain: None,
-    };
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+    Ok((StatusCode::CREATED, Json(sandbox_out(&info, token))).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,11 +477,6 @@ async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ConnectBody {
-    timeout: Option<u64>,
-}
-
 /// Connecting to a running sandbox (a paused one cannot exist): its token, and a
 /// new timeout when one is given.
 async fn connect(
@@ -488,19 +486,13 @@ async fn connect(
     body: axum::body::Bytes,
 ) -> Result<Json<SandboxOut>> {
     let who = caller(who)?;
-    let b: ConnectBody = parse_json(&body)?;
+    let b: TimeoutBody = parse_json(&body)?;
     if let Some(secs) = b.timeout {
         st.sandboxes.set_ttl(&who, &id, Duration::from_secs(secs))?;
     }
     let info = st.sandboxes.info(&st.executor, &who, &id)?;
-    Ok(Json(SandboxOut {
-        template_id: template_of(&info),
-        envd_access_token: st.sandboxes.access_token(&who, &id)?,
-        sandbox_id: info.id,
-        client_id: "tvm",
-        envd_version: ENVD_VERSION,
-        domain: None,
-    }))
+    let token = st.sandboxes.access_token(&who, &id)?;
+    Ok(Json(sandbox_out(&info, token)))
 }
 
 /// Pause and resume: the sandbox must exist (404 otherwise, as E2B answers), then 501.
@@ -545,8 +537,7 @@ async fn unsupported_network() -> E2bError {
 }
 
 /// Any other path under `/e2b/` (not envd's).
-pub(crate) async fn not_found(headers: HeaderMap, uri: axum::http::Uri) -> E2bError {
-    let _ = headers;
+pub(crate) async fn not_found(uri: axum::http::Uri) -> E2bError {
     E2bError::new(
         StatusCode::NOT_FOUND,
         format!(
