@@ -33,15 +33,8 @@ mkdir -p "$TMP/js"
 node -e 'console.log("e2b (npm) " + require(process.argv[1] + "/node_modules/e2b/package.json").version)' "$TMP/js"
 cp "$ROOT/scripts/e2b-check.mjs" "$TMP/js/"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_healthy() {
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing healthy on port $1" >&2
-  return 1
-}
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 PORT="$(free_port)"
 GW_PORT="$(free_port)"
 rand() { head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n'; }

@@ -25,15 +25,8 @@ python3 -m venv "$TMP/venv"
 "$TMP/venv/bin/pip" install --quiet --disable-pip-version-check mcp
 "$TMP/venv/bin/pip" list --disable-pip-version-check 2>/dev/null | grep -E '^mcp '
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_healthy() {
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing healthy on port $1" >&2
-  return 1
-}
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 PORT="$(free_port)"
 GW_PORT="$(free_port)"
 TOKEN="mcp-test-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
